@@ -1,0 +1,124 @@
+"""The ``itsmflow`` command line (see docs/cli.md and the contract)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .engine.errors import DeploymentInvalid, EngineError
+from .settings import Settings
+
+app = typer.Typer(help="itsmflow: a durable BPMN engine with ISO/IEC 20000 process packs", no_args_is_help=True)
+pack_app = typer.Typer(help="deploy and compare process packs", no_args_is_help=True)
+app.add_typer(pack_app, name="pack")
+out = Console()
+err = Console(stderr=True)
+
+DbOpt = typer.Option(None, "--db", help="SQLAlchemy URL (default: SQLite under --data-dir); env ITSMFLOW_DB")
+DataDirOpt = typer.Option(None, "--data-dir", help="data directory (default ./.itsmflow); env ITSMFLOW_DATA_DIR")
+DirectoryOpt = typer.Option(None, "--directory", help="directory file with users, roles, tokens; env ITSMFLOW_DIRECTORY")
+
+DEPLOYABLE = (".bpmn", ".dmn", ".bpmn20.xml")
+
+
+def _settings(db: Optional[str] = None, data_dir: Optional[Path] = None, directory: Optional[Path] = None,
+              **extra) -> Settings:
+    overrides = {k: v for k, v in dict(db=db, data_dir=data_dir, directory=directory, **extra).items() if v is not None}
+    return Settings(**overrides)
+
+
+def collect_files(paths: list[Path]) -> list[tuple[str, bytes]]:
+    """BPMN/DMN files named directly or found (recursively) under the given directories."""
+    files: list[tuple[str, bytes]] = []
+    for path in paths:
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file() and f.name.lower().endswith(DEPLOYABLE):
+                    files.append((str(f.relative_to(path)), f.read_bytes()))
+        elif path.is_file():
+            files.append((path.name, path.read_bytes()))
+        else:
+            raise typer.BadParameter(f"{path}: no such file or directory")
+    return files
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="BPMN/DMN files or directories")) -> None:
+    """Parse and check files; print file:line:column: message for every problem (exit 1 on error)."""
+    from .engine.bpmn.parsing import parse_deployment
+    from .engine.sandbox import check_expression
+
+    settings = Settings()
+    files = collect_files(paths)
+    if not files:
+        err.print("no BPMN or DMN files found")
+        raise typer.Exit(1)
+    try:
+        parsed = parse_deployment(files, max_bytes=settings.max_bpmn_bytes, script_validator=check_expression)
+    except DeploymentInvalid as exc:
+        for issue in exc.issues:
+            print(str(issue))
+        raise typer.Exit(1)
+    for key, model in parsed.processes.items():
+        out.print(f"{model.file}: process [bold]{key}[/bold] ok")
+    for key in parsed.non_executable:
+        out.print(f"process {key}: parsed, not executable (isExecutable is not true)")
+
+
+@app.command()
+def deploy(
+    paths: list[Path] = typer.Argument(..., help="BPMN/DMN files or directories"),
+    name: Optional[str] = typer.Option(None, "--name", help="deployment name"),
+    db: Optional[str] = DbOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Deploy files into the database given by --db."""
+    from .engine.core import Engine
+
+    files = collect_files(paths)
+    engine = Engine(_settings(db, data_dir))
+    try:
+        result = engine.repository.deploy(name or ", ".join(str(p) for p in paths), files, actor="cli", source="cli")
+    except DeploymentInvalid as exc:
+        for issue in exc.issues:
+            print(str(issue))
+        raise typer.Exit(1)
+    finally:
+        engine.close()
+    for d in result.definitions:
+        out.print(f"{d.key} version {d.version} ({d.id})")
+    if not result.created:
+        out.print("unchanged: identical content was already deployed")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port"),
+    db: Optional[str] = DbOpt,
+    directory: Optional[Path] = DirectoryOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    no_default_pack: bool = typer.Option(False, "--no-default-pack", help="do not deploy the ISO 20000 pack"),
+) -> None:
+    """Start the HTTP API (uvicorn) over the database."""
+    from .server import run_server
+
+    settings = _settings(db, data_dir, directory, host=host, port=port,
+                         default_pack=False if no_default_pack else None)
+    try:
+        run_server(settings)
+    except EngineError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,69 @@
+"""The engine: one object wiring the services over one database.
+
+```python
+engine = Engine(Settings(db="sqlite:///x.db"), directory)
+engine.repository.deploy("my files", [("p.bpmn", data)])
+instance = engine.runtime.start("my_process", business_key="RFC-1")
+inbox, total = engine.tasks.query(candidate_user="alice")
+engine.tasks.complete(inbox[0].id, alice, {"decision": "approved"})
+```
+
+Several engines (processes) may share one PostgreSQL database: all state is in the database,
+and the in-memory spec cache holds only immutable definitions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from ..settings import Settings
+from .directory import Directory
+from .execution import Executor
+from .history import HistoryService
+from .repository import RepositoryService, SpecCache
+from .runtime import RuntimeService
+from .storage.db import create_db_engine, migrate, session_factory
+from .tasks import TaskService
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None, directory: Directory | None = None,
+                 *, script_engine: Any = None) -> None:
+        self.settings = settings or Settings()
+        self.directory = directory or Directory()
+        self.db = create_db_engine(self.settings.db_url)
+        migrate(self.db)
+        self.sessions = session_factory(self.db)
+        self.specs = SpecCache(self.sessions)
+        from .sandbox import SandboxedScriptEngine, SandboxLimits, check_expression
+
+        self.script_engine = script_engine or SandboxedScriptEngine(
+            limits=SandboxLimits(cpu_seconds=self.settings.sandbox_cpu_seconds)
+        )
+        self.executor = Executor(self.sessions, self.specs, self.script_engine)
+        self.repository = RepositoryService(
+            self.sessions, self.specs, max_bytes=self.settings.max_bpmn_bytes, script_validator=check_expression
+        )
+        self.runtime = RuntimeService(
+            self.sessions, self.repository, self.specs, self.executor,
+            max_variables_bytes=self.settings.max_variables_bytes,
+        )
+        self.tasks = TaskService(
+            self.sessions, self.executor, self.runtime, self.directory,
+            max_variables_bytes=self.settings.max_variables_bytes,
+        )
+        self.history = HistoryService(self.sessions)
+
+    @property
+    def db_kind(self) -> str:
+        return self.db.dialect.name
+
+    def ping(self) -> bool:
+        with self.db.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,317 @@
+"""Task service: human tasks — inbox queries, claim, unclaim, delegate and **complete**.
+
+Authorization lives here, not in the HTTP layer: a user may work on a task only when they are
+its assignee (or the owner who delegated it), a candidate user, or hold one of its candidate
+roles. Inbox queries read the ``human_task`` / ``task_candidate`` tables only; they never load
+an instance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .directory import Directory
+from .errors import Conflict, Forbidden, InvalidRequest, NotFound
+from .execution import Execution, Executor
+from .identity import Principal
+from .runtime import InstanceView, RuntimeService
+from .storage.models import HumanTask, ProcessInstance, TaskCandidate
+from .variables import check_variables, to_json_compatible
+
+TASK_STATES = ("open", "completed", "cancelled")
+
+
+@dataclass
+class TaskView:
+    id: str
+    name: str | None
+    task_definition_key: str
+    process_instance_id: str
+    business_key: str | None
+    definition_key: str
+    definition_id: str
+    lane: str | None
+    candidate_roles: list[str]
+    candidate_users: list[str]
+    assignee: str | None
+    owner: str | None
+    state: str
+    created_at: datetime
+    due: datetime | None
+    form_key: str | None
+    completed_at: datetime | None
+    completed_by: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "taskDefinitionKey": self.task_definition_key,
+            "processInstanceId": self.process_instance_id,
+            "businessKey": self.business_key,
+            "definitionKey": self.definition_key,
+            "definitionId": self.definition_id,
+            "lane": self.lane,
+            "candidateRoles": self.candidate_roles,
+            "candidateUsers": self.candidate_users,
+            "assignee": self.assignee,
+            "owner": self.owner,
+            "state": self.state,
+            "createdAt": self.created_at.isoformat(),
+            "due": self.due.isoformat() if self.due else None,
+            "formKey": self.form_key,
+            "completedAt": self.completed_at.isoformat() if self.completed_at else None,
+            "completedBy": self.completed_by,
+        }
+
+
+def task_view(row: HumanTask) -> TaskView:
+    return TaskView(
+        id=row.id,
+        name=row.name,
+        task_definition_key=row.task_definition_key,
+        process_instance_id=row.instance_id,
+        business_key=row.business_key,
+        definition_key=row.definition_key,
+        definition_id=row.definition_id,
+        lane=row.lane,
+        candidate_roles=json.loads(row.candidate_roles_json),
+        candidate_users=json.loads(row.candidate_users_json),
+        assignee=row.assignee,
+        owner=row.owner,
+        state=row.state,
+        created_at=row.created_at,
+        due=row.due,
+        form_key=row.form_key,
+        completed_at=row.completed_at,
+        completed_by=row.completed_by,
+    )
+
+
+def is_candidate(task: TaskView, principal: Principal) -> bool:
+    return principal.user_id in task.candidate_users or bool(principal.roles & set(task.candidate_roles))
+
+
+def may_work_on(task: TaskView, principal: Principal) -> bool:
+    """Assignee, delegating owner, candidate user, or holder of a candidate role."""
+    return principal.user_id in (task.assignee, task.owner) or is_candidate(task, principal)
+
+
+@dataclass
+class CompletionResult:
+    process_instance: InstanceView
+    next_tasks: list[TaskView]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "processInstance": self.process_instance.as_dict(),
+            "nextTasks": [t.as_dict() for t in self.next_tasks],
+        }
+
+
+# A hook run inside the completion transaction before the task is completed; later features
+# (forms, segregation of duties, consultation) plug in here.
+CompletionCheck = Callable[[Execution, TaskView, Principal, dict[str, Any]], dict[str, Any]]
+
+
+class TaskService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        executor: Executor,
+        runtime: RuntimeService,
+        directory: Directory,
+        *,
+        max_variables_bytes: int,
+    ) -> None:
+        self._sessions = sessions
+        self._executor = executor
+        self._runtime = runtime
+        self.directory = directory
+        self._max_variables_bytes = max_variables_bytes
+        self.completion_checks: list[CompletionCheck] = []
+
+    # -- queries --------------------------------------------------------------------------
+    def get(self, task_id: str) -> TaskView:
+        with self._sessions() as session:
+            row = session.get(HumanTask, task_id)
+            if row is None:
+                raise NotFound(f"task {task_id} does not exist")
+            return task_view(row)
+
+    def query(
+        self,
+        *,
+        assignee: str | None = None,
+        candidate_user: str | None = None,
+        candidate_role: str | None = None,
+        business_key: str | None = None,
+        definition_key: str | None = None,
+        task_definition_key: str | None = None,
+        process_instance_id: str | None = None,
+        state: str = "open",
+        page: int = 1,
+        size: int = 50,
+    ) -> tuple[list[TaskView], int]:
+        """Inbox query on the task table (indexed; no instance is loaded)."""
+        if state not in TASK_STATES:
+            raise InvalidRequest(f"state must be one of {', '.join(TASK_STATES)}")
+        q = select(HumanTask).where(HumanTask.state == state)
+        if assignee is not None:
+            q = q.where(HumanTask.assignee == assignee)
+        if candidate_role is not None:
+            q = q.where(exists().where(
+                TaskCandidate.task_id == HumanTask.id, TaskCandidate.kind == "role", TaskCandidate.value == candidate_role
+            ))
+        if candidate_user is not None:
+            user = self.directory.get(candidate_user)
+            roles = sorted(user.roles) if user else []
+            cand = or_(
+                (TaskCandidate.kind == "user") & (TaskCandidate.value == candidate_user),
+                (TaskCandidate.kind == "role") & TaskCandidate.value.in_(roles) if roles else False,
+            )
+            q = q.where(
+                exists().where(TaskCandidate.task_id == HumanTask.id, cand),
+                or_(HumanTask.assignee.is_(None), HumanTask.assignee == candidate_user),
+            )
+        if business_key is not None:
+            q = q.where(HumanTask.business_key == business_key)
+        if definition_key is not None:
+            q = q.where(HumanTask.definition_key == definition_key)
+        if task_definition_key is not None:
+            q = q.where(HumanTask.task_definition_key == task_definition_key)
+        if process_instance_id is not None:
+            q = q.where(HumanTask.instance_id == process_instance_id)
+        with self._sessions() as session:
+            total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+            rows = session.scalars(
+                q.order_by(HumanTask.created_at, HumanTask.id).offset((page - 1) * size).limit(size)
+            ).all()
+            return [task_view(r) for r in rows], total
+
+    def variables(self, task_id: str) -> dict[str, Any]:
+        """Current data visible to a task (for forms): the task's own data in its instance."""
+        task = self.get(task_id)
+        _, _, workflow = self._executor.load_workflow(task.process_instance_id)
+        import uuid
+
+        spiff_task = workflow.get_task_from_id(uuid.UUID(task_id))
+        data = dict(spiff_task.data) if spiff_task is not None else {}
+        data.pop("data_objects", None)
+        return to_json_compatible(data)
+
+    # -- commands -------------------------------------------------------------------------
+    def claim(self, task_id: str, principal: Principal) -> None:
+        task = self._open_task(task_id)
+        if not may_work_on(task, principal):
+            raise Forbidden(self._role_message(task, principal))
+        if task.assignee == principal.user_id:
+            return
+        if task.assignee is not None:
+            raise Conflict(f"task {task_id} is already assigned to {task.assignee}")
+        self._change_assignment(task, principal, "task_claimed", {"assignee": principal.user_id},
+                                expect_assignee=None, values={"assignee": principal.user_id})
+
+    def unclaim(self, task_id: str, principal: Principal) -> None:
+        task = self._open_task(task_id)
+        if not may_work_on(task, principal):
+            raise Forbidden(self._role_message(task, principal))
+        if task.assignee is None:
+            raise Conflict(f"task {task_id} is not assigned")
+        if task.assignee != principal.user_id and task.owner != principal.user_id and not principal.is_admin:
+            raise Conflict(f"task {task_id} is assigned to {task.assignee}; only they can unclaim it")
+        self._change_assignment(task, principal, "task_unclaimed", {"previousAssignee": task.assignee},
+                                expect_assignee=task.assignee, values={"assignee": None, "owner": None})
+
+    def delegate(self, task_id: str, user_id: str, principal: Principal) -> None:
+        """Hand the work to ``user_id``; the delegating assignee stays the accountable owner."""
+        task = self._open_task(task_id)
+        if not may_work_on(task, principal):
+            raise Forbidden(self._role_message(task, principal))
+        if task.assignee not in (None, principal.user_id) and task.owner != principal.user_id:
+            raise Conflict(f"task {task_id} is assigned to {task.assignee}; only they can delegate it")
+        if self.directory.get(user_id) is None:
+            raise NotFound(f"user {user_id!r} is not in the directory")
+        owner = task.owner or principal.user_id
+        self._change_assignment(
+            task, principal, "task_delegated", {"owner": owner, "delegate": user_id, "previousAssignee": task.assignee},
+            expect_assignee=task.assignee, values={"assignee": user_id, "owner": owner},
+        )
+
+    def complete(self, task_id: str, principal: Principal, variables: dict[str, Any] | None = None) -> CompletionResult:
+        """Complete a user task with the submitted variables and run the process on."""
+        task = self._open_task(task_id)
+        if not may_work_on(task, principal):
+            raise Forbidden(self._role_message(task, principal))
+        if task.assignee is not None and principal.user_id not in (task.assignee, task.owner):
+            raise Conflict(f"task {task_id} is assigned to {task.assignee}")
+        submitted = check_variables(variables or {}, max_bytes=self._max_variables_bytes)
+
+        def command(ex: Execution) -> None:
+            if ex.row.state != "active":
+                raise Conflict(f"process instance {ex.instance_id} is {ex.row.state}; tasks cannot be completed")
+            spiff_task = ex.ready_task(task_id)
+            values = submitted
+            for check in self.completion_checks:
+                values = check(ex, task, principal, values)
+            before = {k: spiff_task.data.get(k) for k in values}
+            spiff_task.data.update(values)
+            spiff_task.run()
+            ex.completed_task_ids.add(task_id)
+            ex.completed_by = principal.user_id
+            ex.audit.append(
+                "task_completed", actor=principal.user_id, activity_id=task.task_definition_key, task_id=task_id,
+                data={
+                    "name": task.name,
+                    "assignee": task.assignee,
+                    "owner": task.owner,
+                    "changes": {k: {"old": to_json_compatible(before[k]), "new": to_json_compatible(v)}
+                                for k, v in values.items() if before.get(k) != v},
+                },
+            )
+
+        self._executor.run(task.process_instance_id, principal.user_id, command)
+        instance = self._runtime.get(task.process_instance_id)
+        open_tasks, _ = self.query(process_instance_id=task.process_instance_id, size=500)
+        return CompletionResult(instance, [t for t in open_tasks if may_work_on(t, principal)])
+
+    # -- helpers --------------------------------------------------------------------------
+    def _open_task(self, task_id: str) -> TaskView:
+        task = self.get(task_id)
+        if task.state != "open":
+            raise Conflict(f"task {task_id} is {task.state}")
+        return task
+
+    @staticmethod
+    def _role_message(task: TaskView, principal: Principal) -> str:
+        wanted = ", ".join(task.candidate_roles + task.candidate_users) or "nobody (no candidates)"
+        return (f"user {principal.user_id} may not work on task {task.id} ({task.name}): "
+                f"it is for {wanted}" + (f", assigned to {task.assignee}" if task.assignee else ""))
+
+    def _change_assignment(self, task: TaskView, principal: Principal, event: str, data: dict[str, Any], *,
+                           expect_assignee: str | None, values: dict[str, Any]) -> None:
+        """Assignment changes don't touch the workflow: a guarded row update plus an audit event."""
+
+        def command(ex: Execution) -> None:
+            if ex.row.state != "active":
+                raise Conflict(f"process instance {ex.instance_id} is {ex.row.state}")
+            guard = HumanTask.assignee.is_(None) if expect_assignee is None else HumanTask.assignee == expect_assignee
+            res = ex.session.execute(
+                update(HumanTask).where(HumanTask.id == task.id, HumanTask.state == "open", guard).values(**values)
+            )
+            if res.rowcount != 1:
+                raise Conflict(f"task {task.id} was claimed or changed by someone else")
+            ex.audit.append(event, actor=principal.user_id, activity_id=task.task_definition_key, task_id=task.id,
+                            data=data)
+
+        self._executor.run(task.process_instance_id, principal.user_id, command)
+
+    def instance_exists(self, instance_id: str) -> bool:
+        with self._sessions() as session:
+            return session.get(ProcessInstance, instance_id) is not None

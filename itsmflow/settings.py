@@ -1,0 +1,45 @@
+"""All configuration of itsmflow in one place (pydantic-settings).
+
+Every value can come from the command line (the CLI builds a ``Settings`` with overrides),
+from ``ITSMFLOW_*`` environment variables, or from the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ITSMFLOW_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".itsmflow"), description="where the embedded SQLite database lives")
+    db: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under data_dir")
+    directory: Path | None = Field(default=None, description="YAML directory file (users, roles, tokens)")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    default_pack: bool = True
+    packs_dir: Path = REPO_ROOT / "process_packs"
+
+    # limits applied to untrusted input
+    max_bpmn_bytes: int = 5 * 1024 * 1024
+    sandbox_cpu_seconds: float = 1.0
+    max_variables_bytes: int = 1024 * 1024
+
+    # job executor (timers, retries)
+    job_poll_seconds: float = 0.5
+    job_lock_seconds: int = 60
+
+    @property
+    def db_url(self) -> str:
+        if self.db:
+            return self.db
+        return f"sqlite:///{(self.data_dir / 'itsmflow.db').resolve()}"
+
+    @property
+    def db_kind(self) -> str:
+        return "postgresql" if self.db_url.startswith("postgresql") else "sqlite"
