@@ -16,7 +16,8 @@ from uuid import UUID
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.serializer.default.workflow import WorkflowConverter
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
-from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
+
+from .bpmn.parsing import SERIALIZER_CONFIG, spec_from_json, spec_to_json
 
 _local = threading.local()
 
@@ -30,7 +31,7 @@ def serializer() -> BpmnWorkflowSerializer:
     """A serializer per thread: SpiffWorkflow's registry toggles internal state while encoding."""
     s = getattr(_local, "serializer", None)
     if s is None:
-        registry = BpmnWorkflowSerializer.configure(CAMUNDA_CONFIG)
+        registry = BpmnWorkflowSerializer.configure(SERIALIZER_CONFIG)
         _register_value_types(registry)
         s = BpmnWorkflowSerializer(registry)
         _local.serializer = s
@@ -72,18 +73,8 @@ def load(snapshot: str, spec, subprocess_specs: dict, script_engine) -> BpmnWork
 
 
 def dump_spec(spec, subprocess_specs: dict) -> str:  # noqa: ANN001
-    s = serializer()
-    return json.dumps(
-        {
-            "spec": s.registry.convert(spec),
-            "subprocess_specs": {k: s.registry.convert(v) for k, v in subprocess_specs.items()},
-        }
-    )
+    return spec_to_json(spec, subprocess_specs)
 
 
 def load_spec(spec_json: str):  # noqa: ANN201
-    s = serializer()
-    dct = json.loads(spec_json)
-    spec = s.registry.restore(dct["spec"])
-    subs = {k: s.registry.restore(v) for k, v in dct["subprocess_specs"].items()}
-    return spec, subs
+    return spec_from_json(spec_json)
