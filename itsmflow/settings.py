@@ -30,9 +30,12 @@ class Settings(BaseSettings):
     sandbox_cpu_seconds: float = 1.0
     max_variables_bytes: int = 1024 * 1024
 
-    # job executor (timers, retries)
+    # job executor (timers, retries, message redelivery)
     job_poll_seconds: float = 0.5
     job_lock_seconds: int = 60
+    default_retries: int = 3  # a failing step is retried this often before it becomes an incident
+    default_retry_interval_seconds: float = 10.0  # per activity: camunda:failedJobRetryTimeCycle "R3/PT10S"
+    default_message_ttl_seconds: int = 3600  # how long a thrown message nobody waits for is kept
 
     @property
     def db_url(self) -> str:

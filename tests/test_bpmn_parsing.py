@@ -508,6 +508,7 @@ def test_camunda_modeler_metadata():
 
     assert model.activities["Gateway_Priority"] == {
         "name": "Priority?", "type": "exclusiveGateway", "parent": None, "event": None,
+        "retry_cycle": None, "properties": {},
     }
     assert model.activities["Timer_Sla"]["event"] == "timer"
     assert model.activities["Script_Close"]["type"] == "scriptTask"

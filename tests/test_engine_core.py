@@ -288,21 +288,39 @@ def test_tampering_with_the_audit_trail_is_detected(engine):
     assert engine.history.verify("repository")[0].ok
 
 
-def test_failing_script_becomes_an_incident_not_a_crash(engine):
+def test_failing_script_is_retried_then_becomes_an_incident_and_can_be_retried(engine):
     engine.repository.deploy("ten", [("ten_steps.bpmn", TEN)])
     inst = engine.runtime.start("ten_steps")
     task = open_tasks(engine, inst.id)[0]
-    # 'amount' missing: the script raises NameError inside the sandbox
+    # 'amount' missing: the script raises NameError inside the sandbox. The user's completion
+    # still commits; the failed step is retried (default 3 times) before it becomes an incident.
     result = engine.tasks.complete(task.id, P(engine, "rita"), {"amount_typo": 5})
-    view = result.process_instance
-    assert view.state == "active"
+    assert result.process_instance.state == "active" and result.process_instance.incidents == []
+    for _ in range(3):
+        _make_jobs_due(engine)
+        assert engine.jobs.run_due() == 1
+    view = engine.runtime.get(inst.id)
     assert len(view.incidents) == 1 and view.incidents[0].activity_id == "score"
     assert "amount" in view.incidents[0].message
-    assert engine.runtime.incidents(inst.id)[0].id == view.incidents[0].id
-    assert "incident_created" in [e.type for e in engine.history.events(inst.id)]
+    types = [e.type for e in engine.history.events(inst.id)]
+    assert types.count("step_failed") == 3 and types.count("step_retried") == 3
+    assert types.count("incident_created") == 1
     # the engine keeps serving other instances
-    other = engine.runtime.start("ten_steps")
-    assert other.state == "active"
+    assert engine.runtime.start("ten_steps").state == "active"
+    # an operator fixes the data and retries: the script runs, the process moves on
+    with pytest.raises(Forbidden):
+        engine.incidents.retry(view.incidents[0].id, P(engine, "rita"), {"amount": 50})
+    engine.incidents.retry(view.incidents[0].id, P(engine, "root"), {"amount": 50})
+    after = engine.runtime.get(inst.id)
+    assert after.incidents == [] and after.variables["priority"] == "low"
+    assert sorted(t.task_definition_key for t in open_tasks(engine, inst.id)) == ["prepare_a", "prepare_b"]
+    with pytest.raises(Conflict):
+        engine.incidents.retry(view.incidents[0].id, P(engine, "root"))
+
+
+def _make_jobs_due(engine):
+    with engine.db.begin() as conn:
+        conn.execute(text("UPDATE job SET due_at = :t"), {"t": datetime(2000, 1, 1, tzinfo=timezone.utc)})
 
 
 def test_work_per_step_does_not_depend_on_the_number_of_instances(engine):

@@ -14,14 +14,17 @@ and the in-memory spec cache holds only immutable definitions.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
 
 from ..settings import Settings
 from .directory import Directory
-from .execution import Executor
+from .execution import Executor, RetryPolicy
 from .history import HistoryService
+from .jobs import IncidentService, JobExecutor, register_timer_starts
+from .messages import MessageService, register_start_events
 from .repository import RepositoryService, SpecCache
 from .runtime import RuntimeService
 from .storage.db import create_db_engine, migrate, session_factory
@@ -42,7 +45,8 @@ class Engine:
         self.script_engine = script_engine or SandboxedScriptEngine(
             limits=SandboxLimits(cpu_seconds=self.settings.sandbox_cpu_seconds)
         )
-        self.executor = Executor(self.sessions, self.specs, self.script_engine)
+        self.executor = Executor(self.sessions, self.specs, self.script_engine, RetryPolicy(
+            self.settings.default_retries, timedelta(seconds=self.settings.default_retry_interval_seconds)))
         self.repository = RepositoryService(
             self.sessions, self.specs, max_bytes=self.settings.max_bpmn_bytes, script_validator=check_expression
         )
@@ -55,6 +59,21 @@ class Engine:
             max_variables_bytes=self.settings.max_variables_bytes,
         )
         self.history = HistoryService(self.sessions)
+        self.repository.on_definition_created += [register_start_events, register_timer_starts]
+        self.messages = MessageService(
+            self.sessions, self.executor, self.specs,
+            default_ttl_seconds=self.settings.default_message_ttl_seconds,
+            max_variables_bytes=self.settings.max_variables_bytes,
+        )
+        self.incidents = IncidentService(self.sessions, self.executor)
+        self.jobs = JobExecutor(
+            self.sessions, self.executor, self.specs, self.messages.process_leased_job,
+            lock_seconds=self.settings.job_lock_seconds, dialect=self.db.dialect.name,
+        )
+
+    def start_background_jobs(self) -> None:
+        """Run timers, retries and message redelivery in this process (``itsmflow serve`` does)."""
+        self.jobs.start(self.settings.job_poll_seconds, housekeeping=self.messages.purge_expired)
 
     @property
     def db_kind(self) -> str:
@@ -66,4 +85,5 @@ class Engine:
         return True
 
     def close(self) -> None:
+        self.jobs.stop()
         self.db.dispose()

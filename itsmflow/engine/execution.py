@@ -19,10 +19,11 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 
 import isodate
+from SpiffWorkflow.bpmn.specs.event_definitions.item_aware_event import SignalEventDefinition
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
@@ -34,8 +35,9 @@ from . import snapshot
 from .errors import Conflict, NotFound
 from .history import AuditWriter, utcnow
 from .repository import CachedDefinition, SpecCache
-from .storage.models import HumanTask, Incident, ProcessInstance, TaskCandidate
+from .storage.models import HumanTask, Incident, Job, ProcessInstance, TaskCandidate
 from .variables import diff, to_json_compatible
+from .waits import evaluate_correlation, sync_waits
 
 log = logging.getLogger("itsmflow.engine")
 
@@ -127,7 +129,11 @@ class Execution:
     completed_task_ids: set[str] = field(default_factory=set)
     completed_by: str | None = None
     incidents: list[Incident] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)  # outbox (thrown messages/signals) and retries
+    retry: RetryPolicy | None = None
+    retry_job: Job | None = None  # set when this command is a retry of a failed step
     _before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _thrown: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def instance_id(self) -> str:
@@ -150,6 +156,31 @@ class Execution:
             self.workflow.do_engine_steps(self._will_complete, self._did_complete)
         except Exception as exc:  # noqa: BLE001 - a failing step becomes an incident, never a crash
             self._record_failure(exc)
+        self._collect_thrown_events()
+
+    def _collect_thrown_events(self) -> None:
+        """Events the workflow could not handle itself go to the durable outbox (job rows)."""
+        for event in self.workflow.get_events():
+            definition = event.event_definition
+            kind = "signal" if isinstance(definition, SignalEventDefinition) else "message"
+            variables = _event_variables(event.payload, self._thrown.get(definition.name))
+            correlation = None
+            if kind == "message":
+                correlation = evaluate_correlation(self.workflow.script_engine, definition, variables)
+            payload = {
+                "name": definition.name,
+                "variables": to_storable(variables),
+                "businessKey": self.row.business_key,
+                "correlation": correlation,
+                "source": self.instance_id,
+            }
+            self.jobs.append(Job(
+                id=str(uuid.uuid4()), job_type=kind, instance_id=None, due_at=utcnow(),
+                payload_json=json.dumps(payload, default=str), created_at=utcnow(),
+            ))
+            self.audit.append(f"{kind}_thrown", actor="engine", data={
+                "name": definition.name, "correlation": correlation,
+            })
 
     def _will_complete(self, task: Task) -> None:
         if self._activity_type(task) in _DATA_CHANGING_TYPES:
@@ -159,6 +190,9 @@ class Execution:
         bpmn_id = getattr(task.task_spec, "bpmn_id", None)
         if not bpmn_id:
             return
+        definition = getattr(task.task_spec, "event_definition", None)
+        if definition is not None and getattr(definition, "name", None):
+            self._thrown[definition.name] = {k: v for k, v in task.data.items() if k != "data_objects"}
         data: dict[str, Any] = {"type": self._activity_type(task)}
         before = self._before.pop(str(task.id), None)
         if before is not None:
@@ -180,6 +214,22 @@ class Execution:
         activity_id = getattr(task.task_spec, "bpmn_id", None) if task else None
         message = _describe(exc)
         log.warning("instance %s: step %s failed: %s", self.instance_id, activity_id, message)
+        policy = self.retry or RetryPolicy()
+        if activity_id:
+            policy = RetryPolicy.parse(self.definition.activity(activity_id).get("retry_cycle"), policy)
+        retries_left = self.retry_job.retries_left if self.retry_job is not None else policy.retries
+        if task is not None and retries_left > 0:
+            due = utcnow() + policy.interval
+            self.jobs.append(Job(
+                id=str(uuid.uuid4()), job_type="retry", instance_id=self.instance_id, spiff_task_id=str(task.id),
+                activity_id=activity_id, due_at=due, retries_left=retries_left - 1,
+                attempts=(self.retry_job.attempts if self.retry_job is not None else 0) + 1,
+                last_error=message, payload_json="{}", created_at=utcnow(),
+            ))
+            self.audit.append("step_failed", actor="engine", activity_id=activity_id, data={
+                "message": message, "retriesLeft": retries_left - 1, "nextAttempt": due.isoformat(),
+            })
+            return
         incident = Incident(
             id=str(uuid.uuid4()),
             instance_id=self.instance_id,
@@ -195,6 +245,55 @@ class Execution:
             "incident_created", actor="engine", activity_id=activity_id,
             data={"incidentId": incident.id, "message": message},
         )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing step is retried, and how long apart (Camunda's ``R3/PT10S`` notation)."""
+
+    retries: int = 3
+    interval: timedelta = timedelta(seconds=10)
+
+    @classmethod
+    def parse(cls, cycle: str | None, default: "RetryPolicy") -> "RetryPolicy":
+        if not cycle:
+            return default
+        m = re.fullmatch(r"R(\d+)/(P.+)", cycle.strip())
+        if not m:
+            log.warning("ignoring unparsable retry cycle %r", cycle)
+            return default
+        try:
+            return cls(int(m.group(1)), isodate.parse_duration(m.group(2)))
+        except (isodate.ISO8601Error, ValueError):
+            return default
+
+
+def _event_variables(payload: Any, thrower_data: dict[str, Any] | None) -> dict[str, Any]:
+    """A thrown event's variables: the ``camunda:expression`` result when it is a mapping,
+    otherwise the variables of the throwing task."""
+    if isinstance(payload, dict) and "result_var" in payload and "payload" in payload:
+        value = payload["payload"]
+        if isinstance(value, dict):
+            return dict(value)
+        if value is not None:
+            return {payload.get("result_var") or "payload": value}
+        return dict(thrower_data or {})
+    if isinstance(payload, dict):
+        return dict(payload)
+    return dict(thrower_data or {})
+
+
+def to_storable(variables: dict[str, Any]) -> Any:
+    """Variables as tagged JSON (keeps dates/decimals) for job payloads; see :func:`from_storable`."""
+    from . import snapshot
+
+    return snapshot.serializer().registry.convert(variables)
+
+
+def from_storable(value: Any) -> Any:
+    from . import snapshot
+
+    return snapshot.serializer().registry.restore(value)
 
 
 def _describe(exc: Exception) -> str:
@@ -217,11 +316,26 @@ class ConcurrentModification(Conflict):
     """Another writer changed the instance after we read it (optimistic lock lost)."""
 
 
+AfterCommit = Callable[[str, list[Job]], None]
+
+
 class Executor:
-    def __init__(self, sessions: sessionmaker[Session], cache: SpecCache, script_engine: Any) -> None:
+    def __init__(self, sessions: sessionmaker[Session], cache: SpecCache, script_engine: Any,
+                 retry_policy: RetryPolicy | None = None) -> None:
         self._sessions = sessions
         self._cache = cache
         self.script_engine = script_engine
+        self.retry_policy = retry_policy or RetryPolicy()
+        # called after each successful commit with the instance id and the jobs it created
+        # (the message router delivers thrown messages from here)
+        self.after_commit: list[AfterCommit] = []
+
+    def _committed(self, instance_id: str, jobs: list[Job]) -> None:
+        for listener in self.after_commit:
+            try:
+                listener(instance_id, jobs)
+            except Exception:  # noqa: BLE001 - the command has committed; the job executor retries
+                log.exception("after-commit processing failed for instance %s", instance_id)
 
     # -- entry points ---------------------------------------------------------------------
     def start(
@@ -270,7 +384,8 @@ class Executor:
                     raise Conflict(
                         f"business key {business_key!r} is already used by running instance {clash} of {definition.key!r}"
                     )
-            ex = Execution(session, row, definition, workflow, actor, AuditWriter.new_chain(instance_id))
+            ex = Execution(session, row, definition, workflow, actor, AuditWriter.new_chain(instance_id),
+                           retry=self.retry_policy)
             ex.audit.append(
                 "process_started", actor=actor,
                 data={"definitionId": definition.id, "businessKey": business_key, "variables": variables},
@@ -282,6 +397,7 @@ class Executor:
             try:
                 self._persist(ex, insert=True)
                 session.commit()
+                jobs = list(ex.jobs)
             except IntegrityError as exc:
                 session.rollback()
                 raise Conflict(
@@ -292,6 +408,7 @@ class Executor:
                 if not is_contention(exc):
                     raise
                 raise Conflict(f"the database was busy; retry ({exc.orig})") from exc
+        self._committed(instance_id, jobs)
         return instance_id
 
     def run(self, instance_id: str, actor: str | None, command: Callable[[Execution], T], *, attempts: int = 3) -> T:
@@ -317,12 +434,14 @@ class Executor:
             session.expunge(row)  # read-only copy: all writes go through the guarded UPDATE
             definition = self._cache.get(row.definition_id, session)
             workflow = snapshot.load(row.snapshot, definition.spec, definition.subprocess_specs, self.script_engine)
-            ex = Execution(session, row, definition, workflow, actor, AuditWriter.continue_chain(row.id, row.audit_seq, row.audit_head))
+            ex = Execution(session, row, definition, workflow, actor,
+                           AuditWriter.continue_chain(row.id, row.audit_seq, row.audit_head), retry=self.retry_policy)
             result = command(ex)
             ex.run_engine_steps()
             try:
                 self._persist(ex, insert=False)
                 session.commit()
+                jobs = list(ex.jobs)
             except ConcurrentModification:
                 session.rollback()
                 raise
@@ -333,7 +452,8 @@ class Executor:
                 raise ConcurrentModification(
                     f"process instance {instance_id} was changed concurrently; reload and retry"
                 ) from exc
-            return result
+        self._committed(instance_id, jobs)
+        return result
 
     def load_workflow(self, instance_id: str) -> tuple[ProcessInstance, CachedDefinition, BpmnWorkflow]:
         """Read-only access to an instance's workflow (e.g. to read task data for a form)."""
@@ -408,6 +528,9 @@ class Executor:
                 session.add(TaskCandidate(task_id=task_row.id, kind=kind, value=value))
         for incident in ex.incidents:
             session.add(incident)
+        sync_waits(session, row.id, row.business_key, wf if state in RUNNING_STATES else None, first_write=insert)
+        for job in ex.jobs:
+            session.add(job)
         ex.audit.write(session)
         session.flush()
 

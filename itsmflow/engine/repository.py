@@ -132,6 +132,8 @@ class RepositoryService:
         self._cache = cache
         self._max_bytes = max_bytes
         self._script_validator = script_validator
+        # called in the deploy transaction for each new definition version (start events, timers)
+        self.on_definition_created: list[Callable[[Session, ProcessDefinition, dict[str, Any]], None]] = []
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, files: list[tuple[str, bytes]]):  # noqa: ANN201
@@ -210,6 +212,9 @@ class RepositoryService:
                     created_at=now,
                 )
                 session.add(row)
+                session.flush()
+                for hook in self.on_definition_created:
+                    hook(session, row, model.as_dict())
                 created.append(_info(row))
                 audit.append(
                     "definition_deployed",

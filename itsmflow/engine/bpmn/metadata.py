@@ -266,7 +266,13 @@ def build_process_model(
         kinds = [EVENT_DEFINITIONS[local(d)] for d in defs]
         event = None if not kinds else (kinds[0] if len(kinds) == 1 else "multiple")
         if el_id:
-            model.activities[el_id] = {"name": el.get("name"), "type": name, "parent": parent, "event": event}
+            retry = el.xpath("./bpmn:extensionElements/camunda:failedJobRetryTimeCycle/text()", namespaces=NS)
+            model.activities[el_id] = {
+                "name": el.get("name"), "type": name, "parent": parent, "event": event,
+                # Camunda's per-activity retry policy, e.g. "R3/PT10S" (3 retries, 10 s apart)
+                "retry_cycle": retry[0].strip() if retry else None,
+                "properties": extension_properties(el),
+            }
 
         for d in defs:
             kind = EVENT_DEFINITIONS[local(d)]

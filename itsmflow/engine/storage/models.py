@@ -184,3 +184,91 @@ class Incident(Base):
     state: Mapped[str] = mapped_column(String(16), default="open")  # open | resolved
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EventSubscription(Base):
+    """What an instance waits for (message / signal catch events), or what starts a definition.
+
+    Routing a message is an indexed lookup on ``(event_type, event_name, correlation_key)`` or
+    ``business_key``; no instance is loaded to find its receivers.
+    """
+
+    __tablename__ = "event_subscription"
+    __table_args__ = (
+        Index("ix_subscription_route", "event_type", "event_name", "correlation_key"),
+        Index("ix_subscription_bk", "event_type", "event_name", "business_key"),
+        Index("ix_subscription_instance", "instance_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(16))  # message | signal
+    event_name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(8))  # catch (a waiting instance) | start (a definition)
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("process_instance.id", ondelete="CASCADE"))
+    definition_id: Mapped[str | None] = mapped_column(String(255))
+    definition_key: Mapped[str | None] = mapped_column(String(255))
+    spiff_task_id: Mapped[str | None] = mapped_column(String(36))
+    activity_id: Mapped[str | None] = mapped_column(String(255))
+    business_key: Mapped[str | None] = mapped_column(String(255))
+    correlation_key: Mapped[str | None] = mapped_column(String(64))  # sha256 of canonical correlation values
+    correlation_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BufferedMessage(Base):
+    """A message nobody waited for yet, kept until ``expires_at`` (``ttlSeconds``)."""
+
+    __tablename__ = "buffered_message"
+    __table_args__ = (Index("ix_buffered_name_exp", "message_name", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    message_name: Mapped[str] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    business_key: Mapped[str | None] = mapped_column(String(255))
+    correlation_key: Mapped[str | None] = mapped_column(String(64))
+    correlation_json: Mapped[str | None] = mapped_column(Text)
+    variables_json: Mapped[str] = mapped_column(Text, default="{}")
+    source: Mapped[str | None] = mapped_column(String(255))  # sending instance id, or "api"
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageReceipt(Base):
+    """Idempotency: the outcome of a correlated ``messageId``; a repeat returns it unchanged."""
+
+    __tablename__ = "message_receipt"
+
+    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    message_name: Mapped[str] = mapped_column(String(255))
+    result_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    """Durable work with a due time: timers, retries of failed steps, message deliveries.
+
+    Any number of processes may run the job executor: a job is acquired by a short locking
+    transaction and deleted in the same transaction that applies its effect, so it takes
+    effect exactly once.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_due", "due_at"),
+        Index("ix_job_instance", "instance_id", "job_type"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_type: Mapped[str] = mapped_column(String(16))  # timer | timer-start | retry | message
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("process_instance.id", ondelete="CASCADE"))
+    definition_id: Mapped[str | None] = mapped_column(String(255))
+    spiff_task_id: Mapped[str | None] = mapped_column(String(36))
+    activity_id: Mapped[str | None] = mapped_column(String(255))
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    payload_json: Mapped[str] = mapped_column(Text, default="{}")
+    retries_left: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
