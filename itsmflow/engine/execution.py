@@ -33,7 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import snapshot
 from .errors import Conflict, NotFound
-from .history import AuditWriter, utcnow
+from .clock import utcnow
+from .history import AuditWriter
 from .repository import CachedDefinition, SpecCache
 from .storage.models import HumanTask, Incident, Job, ProcessInstance, TaskCandidate
 from .variables import diff, to_json_compatible

@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from .clock import iso, utcnow
 from .errors import NotFound
+from .textcheck import valid_id
 from .storage.models import HistoryEvent, ProcessInstance
 from .variables import to_json_compatible
 
@@ -26,14 +28,8 @@ GENESIS = "0" * 64
 REPOSITORY_SCOPE = "repository"
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _iso(at: datetime) -> str:
-    if at.tzinfo is None:  # SQLite returns naive datetimes; they were written as UTC
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return iso(at)  # type: ignore[return-value]
 
 
 def event_hash(prev_hash: str, scope: str, seq: int, at: datetime, actor: str | None, type_: str,
@@ -137,7 +133,7 @@ class HistoryService:
 
     def events(self, instance_id: str) -> list[AuditEvent]:
         with self._sessions() as session:
-            if session.get(ProcessInstance, instance_id) is None:
+            if not valid_id(instance_id) or session.get(ProcessInstance, instance_id) is None:
                 raise NotFound(f"process instance {instance_id} does not exist")
             return [self._to_event(r) for r in self._rows(session, instance_id)]
 

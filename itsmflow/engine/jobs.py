@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, EngineError, Forbidden, NotFound
 from .execution import Execution, Executor
-from .history import utcnow
+from .clock import utcnow
 from .identity import Principal
 from .repository import SpecCache
 from .storage.models import Incident, Job, ProcessDefinition

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, InvalidRequest, NotFound
 from .execution import Execution, Executor, from_storable, to_storable
-from .history import utcnow
+from .clock import utcnow
 from .repository import SpecCache
 from .storage.models import BufferedMessage, EventSubscription, Job, MessageReceipt, ProcessDefinition
 from .variables import check_variables

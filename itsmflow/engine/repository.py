@@ -22,8 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import snapshot
 from .bpmn.parsing import parse_deployment
-from .errors import Conflict, DeploymentInvalid, NotFound, SourceIssue
-from .history import REPOSITORY_SCOPE, AuditWriter, utcnow
+from .errors import Conflict, DeploymentInvalid, Forbidden, InvalidRequest, NotFound, SourceIssue
+from .identity import Principal
+from .textcheck import check_text, valid_id
+from .clock import utcnow
+from .history import REPOSITORY_SCOPE, AuditWriter
 from .storage.models import Deployment, DeploymentResource, ProcessDefinition
 
 
@@ -140,6 +143,14 @@ class RepositoryService:
         """Parse and check files without storing anything; raises :class:`DeploymentInvalid`."""
         if not files:
             raise DeploymentInvalid([SourceIssue("<request>", None, None, "no files given")])
+        issues = []
+        for fname, _ in files:
+            try:
+                check_text(fname, "file name", 512, required=True)
+            except InvalidRequest as exc:
+                issues.append(SourceIssue(fname[:80] if isinstance(fname, str) else "<file>", None, None, exc.detail))
+        if issues:
+            raise DeploymentInvalid(issues)
         names = [n for n, _ in files]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -148,9 +159,19 @@ class RepositoryService:
 
     # -- deploy -----------------------------------------------------------------------------
     def deploy(
-        self, name: str, files: list[tuple[str, bytes]], *, actor: str | None = None, source: str = "api"
+        self, name: str, files: list[tuple[str, bytes]], *, principal: Principal | None = None,
+        actor: str | None = None, source: str = "api",
     ) -> DeploymentResult:
+        """Deploy files (admins only when a principal is given; the CLI deploys as the system)."""
+        if principal is not None and not principal.is_admin:
+            raise Forbidden("only users with the admin role may deploy")
+        actor = actor or (principal.user_id if principal else None)
+        check_text(name, "name", 255, required=True)
         parsed = self.validate(files)
+        too_long = [SourceIssue(m.file, None, None, f"process id {key[:40]!r}… is longer than 200 characters")
+                    for key, m in parsed.processes.items() if len(key) > 200]
+        if too_long:
+            raise DeploymentInvalid(too_long)
         file_hash = {fname: _sha256(data) for fname, data in files}
         try:
             return self._store(name, files, file_hash, parsed, actor, source)
@@ -233,6 +254,8 @@ class RepositoryService:
     def definitions(self, key: str | None = None, latest_only: bool = False) -> list[DefinitionInfo]:
         with self._sessions() as session:
             q = select(ProcessDefinition)
+            if key is not None and not valid_id(key):
+                return []
             if key:
                 q = q.where(ProcessDefinition.key == key)
             if latest_only:
@@ -254,6 +277,8 @@ class RepositoryService:
                 .limit(1)
             ).first()
 
+        if not valid_id(key):
+            raise NotFound(f"no process definition with key {key!r} is deployed")
         if session is not None:
             row = _q(session)
         else:
@@ -265,17 +290,17 @@ class RepositoryService:
 
     def get(self, definition_id: str) -> DefinitionInfo:
         with self._sessions() as session:
-            row = session.get(ProcessDefinition, definition_id)
+            row = session.get(ProcessDefinition, definition_id) if valid_id(definition_id) else None
             if row is None:
-                raise NotFound(f"process definition {definition_id} does not exist")
+                raise NotFound(f"process definition {definition_id!r} does not exist")
             return _info(row)
 
     def xml(self, definition_id: str) -> bytes:
         """The uploaded file that defines this version, byte-for-byte."""
         with self._sessions() as session:
-            row = session.get(ProcessDefinition, definition_id)
+            row = session.get(ProcessDefinition, definition_id) if valid_id(definition_id) else None
             if row is None:
-                raise NotFound(f"process definition {definition_id} does not exist")
+                raise NotFound(f"process definition {definition_id!r} does not exist")
             return session.get(DeploymentResource, row.resource_id).content
 
     def model(self, definition_id: str) -> dict[str, Any]:

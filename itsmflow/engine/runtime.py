@@ -10,7 +10,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from .clock import iso
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound
+from .textcheck import check_text, valid_id
 from .execution import Execution, Executor
 from .identity import Principal
 from .repository import RepositoryService, SpecCache
@@ -35,7 +37,7 @@ class IncidentView:
             "processInstanceId": self.process_instance_id,
             "activityId": self.activity_id,
             "message": self.message,
-            "createdAt": self.created_at.isoformat(),
+            "createdAt": iso(self.created_at),
             "state": self.state,
         }
 
@@ -67,8 +69,8 @@ class InstanceView:
             "variables": self.variables,
             "activeActivities": self.active_activities,
             "incidents": [i.as_dict() for i in self.incidents],
-            "startedAt": self.started_at.isoformat(),
-            "endedAt": self.ended_at.isoformat() if self.ended_at else None,
+            "startedAt": iso(self.started_at),
+            "endedAt": iso(self.ended_at),
             "startedBy": self.started_by,
             "endReason": self.end_reason,
         }
@@ -120,8 +122,9 @@ class RuntimeService:
         principal: Principal | None = None,
     ) -> InstanceView:
         """Start the latest version of process ``key``; runs until the first wait state."""
-        if business_key is not None and (not isinstance(business_key, str) or not business_key.strip()):
-            raise InvalidRequest("businessKey must be a non-empty string")
+        check_text(business_key, "businessKey", 255)
+        if business_key is not None and not business_key.strip():
+            raise InvalidRequest("businessKey must not be empty")
         variables = check_variables(variables or {}, max_bytes=self._max_variables_bytes)
         info = self._repository.latest(key)
         definition = self._cache.get(info.id)
@@ -154,6 +157,7 @@ class RuntimeService:
 
     def terminate(self, instance_id: str, principal: Principal, reason: str | None) -> None:
         self._require_admin(principal, "terminate process instances")
+        check_text(reason, "reason", 4000)
         if not reason or not str(reason).strip():
             raise InvalidRequest("a reason is required to terminate a process instance")
 
@@ -170,9 +174,9 @@ class RuntimeService:
     # -- queries --------------------------------------------------------------------------
     def get(self, instance_id: str) -> InstanceView:
         with self._sessions() as session:
-            row = session.get(ProcessInstance, instance_id)
+            row = session.get(ProcessInstance, instance_id) if valid_id(instance_id) else None
             if row is None:
-                raise NotFound(f"process instance {instance_id} does not exist")
+                raise NotFound(f"process instance {instance_id!r} does not exist")
             incidents = session.scalars(
                 select(Incident).where(Incident.instance_id == instance_id, Incident.state == "open")
                 .order_by(Incident.created_at)
@@ -190,6 +194,9 @@ class RuntimeService:
     ) -> tuple[list[InstanceView], int]:
         if state is not None and state not in INSTANCE_STATES:
             raise InvalidRequest(f"state must be one of {', '.join(INSTANCE_STATES)}")
+        for name, value in (("businessKey", business_key), ("definitionKey", definition_key)):
+            if value is not None and not valid_id(value):
+                return [], 0
         with self._sessions() as session:
             q = select(ProcessInstance)
             if business_key is not None:

@@ -9,6 +9,7 @@ an instance.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
@@ -17,7 +18,9 @@ from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .directory import Directory
+from .clock import iso
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound
+from .textcheck import valid_id
 from .execution import Execution, Executor
 from .identity import Principal
 from .runtime import InstanceView, RuntimeService
@@ -63,10 +66,10 @@ class TaskView:
             "assignee": self.assignee,
             "owner": self.owner,
             "state": self.state,
-            "createdAt": self.created_at.isoformat(),
-            "due": self.due.isoformat() if self.due else None,
+            "createdAt": iso(self.created_at),
+            "due": iso(self.due),
             "formKey": self.form_key,
-            "completedAt": self.completed_at.isoformat() if self.completed_at else None,
+            "completedAt": iso(self.completed_at),
             "completedBy": self.completed_by,
         }
 
@@ -140,9 +143,9 @@ class TaskService:
     # -- queries --------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskView:
         with self._sessions() as session:
-            row = session.get(HumanTask, task_id)
+            row = session.get(HumanTask, task_id) if valid_id(task_id) else None
             if row is None:
-                raise NotFound(f"task {task_id} does not exist")
+                raise NotFound(f"task {task_id!r} does not exist")
             return task_view(row)
 
     def query(
@@ -162,6 +165,10 @@ class TaskService:
         """Inbox query on the task table (indexed; no instance is loaded)."""
         if state not in TASK_STATES:
             raise InvalidRequest(f"state must be one of {', '.join(TASK_STATES)}")
+        filters = (assignee, candidate_user, candidate_role, business_key, definition_key, task_definition_key,
+                   process_instance_id)
+        if any(f is not None and not valid_id(f) for f in filters):
+            return [], 0
         q = select(HumanTask).where(HumanTask.state == state)
         if assignee is not None:
             q = q.where(HumanTask.assignee == assignee)
@@ -199,10 +206,11 @@ class TaskService:
         """Current data visible to a task (for forms): the task's own data in its instance."""
         task = self.get(task_id)
         _, _, workflow = self._executor.load_workflow(task.process_instance_id)
-        import uuid
-
-        spiff_task = workflow.get_task_from_id(uuid.UUID(task_id))
-        data = dict(spiff_task.data) if spiff_task is not None else {}
+        try:
+            spiff_task = workflow.get_task_from_id(uuid.UUID(task_id))
+        except Exception:  # noqa: BLE001 - gone from the snapshot: show the instance variables
+            spiff_task = None
+        data = dict(spiff_task.data) if spiff_task is not None else dict(self._runtime.get(task.process_instance_id).variables)
         data.pop("data_objects", None)
         return to_json_compatible(data)
 
@@ -236,7 +244,7 @@ class TaskService:
             raise Forbidden(self._role_message(task, principal))
         if task.assignee not in (None, principal.user_id) and task.owner != principal.user_id:
             raise Conflict(f"task {task_id} is assigned to {task.assignee}; only they can delegate it")
-        if self.directory.get(user_id) is None:
+        if not valid_id(user_id) or self.directory.get(user_id) is None:
             raise NotFound(f"user {user_id!r} is not in the directory")
         owner = task.owner or principal.user_id
         self._change_assignment(

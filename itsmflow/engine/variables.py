@@ -18,6 +18,7 @@ from typing import Any
 from .errors import FieldIssue, ValidationFailed
 
 MAX_DEPTH = 32
+RESERVED_NAMES = frozenset({"data_objects"})  # used by SpiffWorkflow itself
 _SCALARS = (str, bool, int, type(None))
 
 
@@ -33,6 +34,8 @@ def check_variables(variables: Any, *, max_bytes: int = 1024 * 1024) -> dict[str
             issues.append(
                 FieldIssue(f"$.{name}", "variable names must be identifiers (letters, digits, _) not starting with _")
             )
+        elif name in RESERVED_NAMES:
+            issues.append(FieldIssue(f"$.{name}", f"{name!r} is reserved by the engine"))
     cleaned = _clean(variables, "$", 0, issues)
     if issues:
         raise ValidationFailed("unsupported variable values", issues)

@@ -34,7 +34,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from .history import utcnow
+from .clock import utcnow
 from .storage.models import EventSubscription, Job
 
 
