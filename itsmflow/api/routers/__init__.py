@@ -1,0 +1,1 @@
+"""One router per resource; :func:`itsmflow.api.app.create_app` mounts them under ``/api``."""

@@ -1,0 +1,103 @@
+"""``itsmflow serve``: load the directory, open the engine, deploy the default pack, run uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from .engine.core import Engine
+from .engine.directory import Directory
+from .engine.errors import InvalidRequest
+from .settings import REPO_ROOT, Settings
+
+log = logging.getLogger("itsmflow.server")
+
+EXAMPLE_DIRECTORY = Path("iso20000") / "orgs" / "example" / "directory.yaml"
+DEFAULT_BPMN_DIR = REPO_ROOT / "bpmn"
+DEPLOYABLE_SUFFIXES = (".bpmn", ".dmn")
+
+
+def directory_path(settings: Settings) -> Path:
+    return Path(settings.directory) if settings.directory else Path(settings.packs_dir) / EXAMPLE_DIRECTORY
+
+
+def load_directory(settings: Settings) -> Directory:
+    path = directory_path(settings)
+    if not path.is_file():
+        raise InvalidRequest(f"directory file {path} does not exist (give one with --directory or ITSMFLOW_DIRECTORY)")
+    return Directory.load(path)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``; everything else (including 0.0.0.0 and names) is not."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, directory: Directory) -> None:
+    """Refuse to listen beyond this machine while the shipped demo tokens still work."""
+    if directory.has_demo_tokens and not is_loopback(settings.host):
+        raise InvalidRequest(
+            f"refusing to listen on {settings.host}: the directory {directory.source} contains demo tokens "
+            "(users marked 'demo: true'). Listen on 127.0.0.1, or give a directory with your own tokens "
+            "(--directory FILE) before exposing the server."
+        )
+
+
+def deploy_default_pack(engine: Engine, settings: Settings) -> None:
+    """Deploy the default process pack (idempotent: identical content is not deployed twice).
+
+    For now: every ``*.bpmn`` / ``*.dmn`` under ``<repo>/bpmn/``. To be replaced by pack manifests.
+    """
+    root = DEFAULT_BPMN_DIR
+    if not root.is_dir():
+        return
+    files = [(str(f.relative_to(root)), f.read_bytes()) for f in sorted(root.rglob("*"))
+             if f.is_file() and f.suffix.lower() in DEPLOYABLE_SUFFIXES]
+    if not files:
+        return
+    result = engine.repository.deploy("default pack", files, actor="system", source="default-pack")
+    for d in result.definitions:
+        log.info("default pack: %s version %s%s", d.key, d.version, "" if result.created else " (unchanged)")
+
+
+def open_engine(settings: Settings) -> Engine:
+    directory = load_directory(settings)
+    check_exposure(settings, directory)
+    engine = Engine(settings, directory)
+    try:
+        if settings.default_pack:
+            deploy_default_pack(engine, settings)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The app ``serve`` runs (directory, exposure check, default pack); the engine is in ``app.state``."""
+    from .api.app import create_app
+
+    return create_app(open_engine(settings))
+
+
+def run_server(settings: Settings) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per poll otherwise
+    app = build_app(settings)
+    try:
+        app.state.engine.start_background_jobs()  # timers, retries, message redelivery
+        log.info("itsmflow API on http://%s:%s (db: %s)", settings.host, settings.port, app.state.engine.db_kind)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    finally:
+        app.state.engine.close()
