@@ -39,9 +39,6 @@ def abort(message: str) -> NoReturn:
 NONE_TYPE = type(None)
 #: immutable values that may be data
 SCALAR_TYPES = frozenset({NONE_TYPE, bool, int, float, str, Decimal, datetime, date, time, timedelta})
-#: containers that may be data
-CONTAINER_TYPES = frozenset({list, tuple, dict, set})
-DATA_TYPES = SCALAR_TYPES | CONTAINER_TYPES
 #: what a dict key in task data may be
 KEY_TYPES = frozenset({str, int, float, bool, NONE_TYPE, Decimal, datetime, date, time, timedelta, tuple})
 _DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
@@ -59,15 +56,13 @@ def _type_name(value: Any) -> str:
 
 
 def measure(value: Any, limit: int, mode: str, budget: "Budget | None" = None, *, what: str = "value") -> int:
-    """Approximate size of ``value``; aborts when it exceeds ``limit``.
+    """Approximate size of any value, counting shared parts each time; aborts above ``limit``.
 
     ``mode``:
-      * ``"nodes"`` - number of objects visited (cost of comparing/hashing/sorting), any type
-      * ``"chars"`` - length of ``repr()`` (cost of converting to text), any type
-      * ``"data"``  - JSON-ish bytes; refuses anything that is not plain data
+      * ``"nodes"`` - number of objects visited (cost of comparing, hashing, sorting)
+      * ``"chars"`` - length of ``repr()`` (cost of converting to text)
     """
     nodes_mode = mode == "nodes"
-    strict = mode == "data"
     size = 0
     visited = 0
     stack = [value]
@@ -81,19 +76,11 @@ def measure(value: Any, limit: int, mode: str, budget: "Budget | None" = None, *
             size += 1 if nodes_mode else len(o) + 2
         elif t is int or t is bool:
             size += 1 if nodes_mode else 2 + o.bit_length() // 3
-            if strict and t is int and o.bit_length() > 1_000_000:
-                raise NotData(f"{what} holds an integer that is too large")
-        elif t is float or t is NONE_TYPE:
-            size += 1 if nodes_mode else 24
-        elif t is Decimal:
-            if strict and o.is_finite() and abs(o.adjusted()) > DECIMAL_MAX_ADJUSTED:
-                raise NotData(f"{what} holds a Decimal with an out-of-range exponent")
-            size += 1 if nodes_mode else 40
-        elif t in _TEMPORAL:
+        elif t is float or t is NONE_TYPE or t is Decimal or t in _TEMPORAL:
             size += 1 if nodes_mode else 32
-        elif t is list or t is tuple or t is set:
+        elif t is list or t is tuple or t is set or t is frozenset or t in _DICT_VIEWS:
             n = len(o)
-            size += n + (1 if nodes_mode else 2)
+            size += n + 2
             if size > limit:
                 break
             if n > 8:  # flat collections of scalars are common: size them at C speed
@@ -101,14 +88,12 @@ def measure(value: Any, limit: int, mode: str, budget: "Budget | None" = None, *
                 if nodes_mode and kinds <= SCALAR_TYPES:
                     continue
                 if kinds <= _INT_LIKE:
-                    bits = sum(map(int.bit_length, o))
-                    if not (strict and bits > 1_000_000):
-                        size += bits // 3 + 2 * n
-                        continue
-                elif kinds <= _FLAT_NUMBERS:
+                    size += sum(map(int.bit_length, o)) // 3 + 2 * n
+                    continue
+                if kinds <= _FLAT_NUMBERS:
                     size += 23 * n
                     continue
-                elif kinds == _ONLY_STR:
+                if kinds == _ONLY_STR:
                     size += sum(map(len, o)) + 2 * n
                     continue
             push(o)
@@ -117,22 +102,10 @@ def measure(value: Any, limit: int, mode: str, budget: "Budget | None" = None, *
             size += (n + 1) if nodes_mode else (4 * n + 2)
             if size > limit:
                 break
-            if strict:
-                for k in o:
-                    if type(k) not in KEY_TYPES:
-                        raise NotData(f"{what} holds a dict key of type {_type_name(k)}")
             push(o.keys())
             if n > 8 and nodes_mode and set(map(type, o.values())) <= SCALAR_TYPES:
                 continue
             push(o.values())
-        elif strict:
-            raise NotData(f"{what} holds a value of type {_type_name(o)}, which is not plain data")
-        elif t is frozenset or t in _DICT_VIEWS:
-            n = len(o)
-            size += n + 2
-            if size > limit:
-                break
-            push(o)
         elif isinstance(o, BaseException):
             size += 16
             push(o.args)
@@ -143,7 +116,7 @@ def measure(value: Any, limit: int, mode: str, budget: "Budget | None" = None, *
         if budget is not None and not visited & 1023:
             budget.charge(32)
     if size > limit:
-        unit = {"nodes": "elements", "chars": "characters", "data": "bytes"}[mode]
+        unit = "elements" if nodes_mode else "characters"
         message = f"{what} is too large (more than {limit} {unit}, counting shared parts each time)"
         if budget is not None:
             budget.fail(message)  # sticky
@@ -151,19 +124,102 @@ def measure(value: Any, limit: int, mode: str, budget: "Budget | None" = None, *
     return size
 
 
-def data_size(value: Any, limit: int, what: str) -> int:
-    """Validate that ``value`` is plain data and return its approximate JSON size."""
+#: what the engine can store (see itsmflow.engine.variables)
+STORABLE_SCALARS = frozenset({NONE_TYPE, bool, int, float, str, Decimal, datetime, date, timedelta})
+_STR_KEYS = frozenset({str})
+MAX_INT_BITS_IN_DATA = 1_000_000
+
+
+def check_data(value: Any, limit: int, what: str, *, storable: bool = False, max_depth: int | None = None) -> int:
+    """Validate that ``value`` is plain data and return its approximate JSON size (shared parts
+    counted each time, as JSON would). Aborts above ``limit``.
+
+    ``storable`` restricts to what the engine persists (no set/time, string keys only);
+    ``max_depth`` caps the nesting of containers.
+    """
+    scalars = STORABLE_SCALARS if storable else SCALAR_TYPES
+    key_types = _STR_KEYS if storable else KEY_TYPES
+    size = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    pop = stack.pop
+    while stack:
+        o, depth = pop()
+        t = type(o)
+        if t is str:
+            size += len(o) + 2
+        elif t is int or t is bool:
+            bits = o.bit_length()
+            if bits > MAX_INT_BITS_IN_DATA:
+                raise NotData(f"{what} holds an integer that is too large")
+            size += 2 + bits // 3
+        elif t is float or t is NONE_TYPE:
+            size += 24
+        elif t is Decimal:
+            if o.is_finite() and abs(o.adjusted()) > DECIMAL_MAX_ADJUSTED:
+                raise NotData(f"{what} holds a Decimal with an out-of-range exponent")
+            size += 40
+        elif t in scalars:
+            size += 32
+        elif t is list or t is tuple or (t is set and not storable):
+            if max_depth is not None and depth >= max_depth:
+                raise NotData(f"{what} is nested deeper than {max_depth} levels")
+            n = len(o)
+            size += n + 2
+            if size > limit:
+                break
+            if n > 8:
+                kinds = set(map(type, o))
+                if kinds <= _INT_LIKE:
+                    bits = sum(map(int.bit_length, o))
+                    if bits <= MAX_INT_BITS_IN_DATA:
+                        size += bits // 3 + 2 * n
+                        continue
+                elif kinds <= _FLAT_NUMBERS:
+                    size += 23 * n
+                    continue
+                elif kinds == _ONLY_STR:
+                    size += sum(map(len, o)) + 2 * n
+                    continue
+            depth += 1
+            stack.extend([(c, depth) for c in o])
+        elif t is dict:
+            if max_depth is not None and depth >= max_depth:
+                raise NotData(f"{what} is nested deeper than {max_depth} levels")
+            n = len(o)
+            size += 4 * n + 2
+            if size > limit:
+                break
+            depth += 1
+            if set(map(type, o)) <= _STR_KEYS:
+                size += sum(map(len, o))
+            else:
+                for k in o:
+                    if type(k) not in key_types:
+                        raise NotData(f"{what} holds a dict key of type {_type_name(k)}"
+                                      + (" (keys must be strings)" if storable else ""))
+                stack.extend([(k, depth) for k in o])
+            stack.extend([(v, depth) for v in o.values()])
+        else:
+            hint = " (use a list)" if t is set else ""
+            raise NotData(f"{what} holds a value of type {_type_name(o)}, which is not plain data{hint}")
+        if size > limit:
+            break
+    if size > limit:
+        abort(f"{what} is too large (more than {limit} bytes, counting shared parts each time)")
+    return size
+
+
+def data_size(value: Any, limit: int, what: str, *, storable: bool = False, max_depth: int | None = None) -> int:
+    """:func:`check_data` with a fast path for scalars."""
     t = type(value)
     if t is str:
         n = len(value) + 2
     elif t is bool or t is NONE_TYPE or t is float:
         n = 8
-    elif t is int:
-        if value.bit_length() > 1_000_000:
-            raise NotData(f"{what} holds an integer that is too large")
+    elif t is int and value.bit_length() <= MAX_INT_BITS_IN_DATA:
         n = 2 + value.bit_length() // 3
     else:
-        return measure(value, limit, "data", what=what)
+        return check_data(value, limit, what, storable=storable, max_depth=max_depth)
     if n > limit:
         abort(f"{what} is too large (more than {limit} bytes)")
     return n

@@ -10,7 +10,7 @@ from SpiffWorkflow.bpmn.script_engine.python_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
 
 from ..errors import SandboxViolation
-from .data import SCALAR_TYPES, NotData, SandboxAbort, data_size, measure
+from .data import SCALAR_TYPES, NotData, SandboxAbort, check_data, data_size
 from .guards import BOUND_BUILTINS, Budget, static_builtins
 from .limits import SandboxLimits
 from .transform import FILENAME, CompiledSource, compile_source
@@ -61,6 +61,9 @@ def _sanitize(exc: BaseException) -> None:
             except Exception:  # pragma: no cover - exotic exception types
                 pass
         e = e.__cause__ or e.__context__
+
+
+_UNSET = object()
 
 
 class SandboxEnvironment(BasePythonScriptEngineEnvironment):
@@ -157,17 +160,18 @@ class SandboxEnvironment(BasePythonScriptEngineEnvironment):
             if budget is not None and budget.aborted is not None:  # a limit was hit and swallowed
                 raise SandboxAbort(budget.aborted)
             budget_after = limits.max_data_bytes + input_size
+            depth = limits.max_data_depth
             if write_back:
                 self._write_back(g, injected, context, external, budget_after)
             else:
                 if compiled.mutates:  # e.g. `items.append(x) or True` changed task data in place
                     total = 0
                     for name, value in injected.items():
-                        total += measure(value, budget_after, "data", what=f"variable '{name}'")
+                        total += check_data(value, budget_after, f"variable '{name}'", max_depth=depth)
                     if total > budget_after:
                         raise SandboxAbort("expression made the task data too large")
                 if type(result) not in SCALAR_TYPES or type(result) is str:
-                    data_size(result, budget_after, "expression result")
+                    data_size(result, budget_after, "expression result", max_depth=depth)
             return result
         except SandboxAbort as exc:
             raise _violation_from_abort(exc).with_traceback(exc.__traceback__) from None
@@ -186,7 +190,10 @@ class SandboxEnvironment(BasePythonScriptEngineEnvironment):
                 if name in context:
                     removals.append(name)
                 continue
-            total += measure(value, limit, "data", what=f"variable '{name}'")
+            # new values must be storable by the engine; untouched ones only plain data
+            storable = injected.get(name, _UNSET) is not value
+            total += check_data(value, limit, f"variable '{name}'", storable=storable,
+                                max_depth=self.limits.max_data_depth)
             if total > limit:
                 raise SandboxAbort("script made the task data too large")
             updates[name] = value

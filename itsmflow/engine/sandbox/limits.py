@@ -23,6 +23,8 @@ class SandboxLimits:
     max_output_items: int = 1_000_000
     #: how much (approx. JSON bytes) a script may add to the task data, and the size of a result
     max_data_bytes: int = 1_000_000
+    #: deepest nesting of containers in task data a script writes or an expression returns
+    max_data_depth: int = 32
     #: largest range() a script may create
     max_range: int = 1_000_000
     #: largest integer (bits) arithmetic may produce
@@ -40,6 +42,6 @@ class SandboxLimits:
         if self.cpu_seconds <= 0:
             raise ValueError("cpu_seconds must be positive")
         for name in ("max_steps", "max_output_chars", "max_output_items", "max_data_bytes", "max_range",
-                     "max_int_bits", "max_depth", "max_source_chars", "max_input_bytes"):
+                     "max_int_bits", "max_depth", "max_data_depth", "max_source_chars", "max_input_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

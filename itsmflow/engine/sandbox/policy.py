@@ -20,6 +20,9 @@ class SandboxSyntaxError(SandboxViolation, SyntaxError):
     """Source that is not valid Python. Also a ``SyntaxError``, which SpiffWorkflow's DMN
     engine relies on (it re-parses ``> 5`` as ``v > 5`` when ``validate`` raises one)."""
 
+    def __str__(self) -> str:  # SyntaxError's own __str__ would append "(line N)" again
+        return self.detail
+
 
 # ---------------------------------------------------------------------------------------------
 # attributes
@@ -132,7 +135,7 @@ def violation(message: str, node: ast.AST | None = None, *, syntax: bool = False
     col = getattr(node, "col_offset", None)
     text = f"line {line}: {message}" if line else message
     exc = (SandboxSyntaxError if syntax else SandboxViolation)(text)
-    exc.lineno = line  # type: ignore[attr-defined]
+    exc.lineno = line or 0  # type: ignore[attr-defined]  # SpiffWorkflow compares it with 0
     exc.offset = (col + 1) if col is not None else None  # type: ignore[attr-defined]
     return exc
 

@@ -19,7 +19,7 @@ from functools import lru_cache
 from types import CodeType
 
 from .guards import BOUND_BUILTINS, HELPER_METHODS
-from .policy import MUTATING_ATTRIBUTES, GUARDED_ATTRIBUTES, check_tree, violation
+from .policy import GUARDED_ATTRIBUTES, MUTATING_ATTRIBUTES, SandboxSyntaxError, check_tree, violation
 
 FILENAME = "<string>"  # SpiffWorkflow looks for this name in tracebacks to find the line
 
@@ -346,14 +346,23 @@ def normalize_source(source: str, mode: str) -> str:
     return textwrap.dedent(source)
 
 
-@lru_cache(maxsize=4096)
+#: sources up to this length are cached (bounds the cache's memory: 4096 entries)
+CACHEABLE_CHARS = 8192
+
+
 def compile_source(source: str, mode: str) -> CompiledSource:
-    """Parse, check and instrument ``source`` (``mode`` is ``"eval"`` or ``"exec"``).
+    """Parse, check and instrument ``source`` (``mode`` is ``"eval"`` or ``"exec"``); cached.
 
     Raises :class:`SandboxViolation` (a :class:`SandboxSyntaxError` for invalid syntax).
     """
     if mode not in ("eval", "exec"):
         raise ValueError(f"mode must be 'eval' or 'exec', not {mode!r}")
+    if len(source) <= CACHEABLE_CHARS:
+        return _compile_cached(source, mode)
+    return _compile(source, mode)
+
+
+def _compile(source: str, mode: str) -> CompiledSource:
     text = normalize_source(source, mode)
     try:
         tree = ast.parse(text, filename=FILENAME, mode=mode)
@@ -363,11 +372,12 @@ def compile_source(source: str, mode: str) -> CompiledSource:
         tree = ast.fix_missing_locations(transformer.visit(tree))
         code = compile(tree, FILENAME, mode, dont_inherit=True)
     except SyntaxError as exc:
-        if isinstance(exc, SyntaxError) and hasattr(exc, "detail"):
-            raise  # already a SandboxSyntaxError
+        if isinstance(exc, SandboxSyntaxError):
+            raise
         node = ast.AST()
         node.lineno, node.col_offset = exc.lineno or 0, max((exc.offset or 1) - 1, 0)  # type: ignore[attr-defined]
-        raise violation(f"invalid syntax: {exc.msg}", node if exc.lineno else None, syntax=True) from None
+        msg = exc.msg if exc.msg.startswith("invalid syntax") else f"invalid syntax: {exc.msg}"
+        raise violation(msg, node if exc.lineno else None, syntax=True) from None
     except (RecursionError, MemoryError):
         raise violation("expression is too deeply nested or too complex") from None
     except ValueError as exc:  # e.g. NUL bytes in the source
@@ -380,3 +390,6 @@ def compile_source(source: str, mode: str) -> CompiledSource:
         bound_builtins=tuple(n for n in names if n in BOUND_BUILTINS),
         mutates=transformer.mutates,
     )
+
+
+_compile_cached = lru_cache(maxsize=4096)(_compile)
