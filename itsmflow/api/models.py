@@ -205,3 +205,46 @@ class CompleteRequest(RequestModel):
 class Completion(ApiModel):
     process_instance: Instance
     next_tasks: list[Task] = Field(description="open tasks of the instance the caller may work on")
+
+
+# -- messages, signals, incidents -------------------------------------------------------------
+class MessageRequest(RequestModel):
+    message_name: Name255
+    business_key: Name255 | None = None
+    correlation_keys: dict[str, Any] | None = Field(
+        default=None, description="values of the message's BPMN correlation properties, by property id")
+    variables: dict[str, Any] | None = None
+    message_id: Name255 | None = Field(default=None, description="idempotency key: a repeat has no further effect")
+    ttl_seconds: Annotated[int, Field(ge=0, le=31_536_000)] | None = Field(
+        default=None, description="buffer the message this long when nothing waits for it yet")
+
+
+class Correlated(ApiModel):
+    process_instance_id: str
+    activity_id: str | None = None
+
+
+class MessageResult(ApiModel):
+    correlated: list[Correlated] = Field(default_factory=list)
+    started: list[str] = Field(default_factory=list)
+    duplicate: bool = False
+
+
+class MessageBuffered(ApiModel):
+    buffered: bool = True
+    expires_at: UtcDatetime
+    duplicate: bool = False
+
+
+class SignalRequest(RequestModel):
+    name: Name255
+    variables: dict[str, Any] | None = None
+
+
+class SignalResult(ApiModel):
+    triggered: int
+
+
+class RetryRequest(RequestModel):
+    variables: dict[str, Any] | None = Field(
+        default=None, description="corrected variables given to the failed step before it runs again")

@@ -199,7 +199,8 @@ class JobExecutor:
                     task._set_internal_data(event_fired=True)
             task.task_spec._update(task)
             ex.audit.append("timer_fired", actor="engine", activity_id=job.activity_id,
-                            data={"due": _aware(job.due_at).isoformat(), "firedAt": utcnow().isoformat()})
+                            data={"due": _aware(job.due_at).isoformat(), "firedAt": utcnow().isoformat(),
+                                  "node": self.node})
 
         self._executor.run(job.instance_id, "engine", command)
 
