@@ -60,10 +60,10 @@ def deploy(
     files: Annotated[list[UploadFile], File(description="BPMN/DMN files (1..n)")],
     name: Annotated[Name255 | None, Form(description="deployment name (default: the file names)")] = None,
 ) -> DeploymentOut:
-    require_admin(principal, "deploy process definitions")
+    require_admin(principal, "deploy process definitions")  # before reading the upload; the engine checks again
     payload = _read_files(files)
     label = name or ", ".join(n for n, _ in payload)[:255] or "deployment"
-    result = engine.repository.deploy(label, payload, actor=principal.user_id, source="api")
+    result = engine.repository.deploy(label, payload, principal=principal, source="api")
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return DeploymentOut.model_validate(result.as_dict())
