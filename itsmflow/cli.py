@@ -60,7 +60,17 @@ def validate(paths: list[Path] = typer.Argument(..., help="BPMN/DMN files or dir
     try:
         parsed = parse_deployment(files, max_bytes=settings.max_bpmn_bytes, script_validator=check_expression)
     except DeploymentInvalid as exc:
-        for issue in exc.issues:
+        issues = list(exc.issues)
+        # parsing stops at the first stage with errors; check the files it did not blame on their own
+        blamed = {i.file for i in issues}
+        for name, data in files:
+            if name in blamed:
+                continue
+            try:
+                parse_deployment([(name, data)], max_bytes=settings.max_bpmn_bytes, script_validator=check_expression)
+            except DeploymentInvalid as single:
+                issues.extend(i for i in single.issues if i not in issues)
+        for issue in issues:
             print(str(issue))
         raise typer.Exit(1)
     for key, model in parsed.processes.items():
