@@ -308,6 +308,8 @@ def test_raci_and_sod_name_existing_tasks_and_roles():
     assert {"initiator-cannot-authorise", "builder-not-tester", "implementer-not-reviewer",
             "emergency-initiator-cannot-approve"} <= set(rules)
     for rule in rules.values():
+        if rule["process"] not in KEYS:
+            continue  # other processes' rules are checked by their own content tests
         tasks = {t.get("id") for t in _process(rule["process"]).findall("bpmn:userTask", NS)}
         assert set(rule["tasks"]) <= tasks, rule["id"]
         for other in rule["not_same_as"]:

@@ -1,0 +1,1 @@
+"""Benchmarks for itsmflow (``python -m bench <suite>``): measured, never asserted in tests."""
