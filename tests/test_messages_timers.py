@@ -166,3 +166,30 @@ def test_signal_reaches_every_waiting_instance(engine):
         assert open_keys(engine, iid) == ["react"]
         assert engine.runtime.get(iid).variables["level"] == "red"
     assert engine.messages.signal("alarm") == 0
+
+
+TWO_STARTS = b"""<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" id="d" targetNamespace="x">
+  <bpmn:message id="m" name="kick"/>
+  <bpmn:process id="two_starts" isExecutable="true">
+    <bpmn:startEvent id="plain"/>
+    <bpmn:startEvent id="by_msg"><bpmn:messageEventDefinition messageRef="m"/></bpmn:startEvent>
+    <bpmn:sequenceFlow id="f1" sourceRef="plain" targetRef="work"/>
+    <bpmn:sequenceFlow id="f2" sourceRef="by_msg" targetRef="work"/>
+    <bpmn:userTask id="work"/>
+    <bpmn:sequenceFlow id="f3" sourceRef="work" targetRef="e"/>
+    <bpmn:endEvent id="e"/>
+  </bpmn:process>
+</bpmn:definitions>
+"""
+
+
+def test_message_start_next_to_a_none_start(engine):
+    engine.repository.deploy("two", [("two.bpmn", TWO_STARTS)])
+    plain = engine.runtime.start("two_starts").id
+    assert open_keys(engine, plain) == ["work"]
+    result = engine.messages.correlate("kick", business_key="K-1", variables={"origin": "message"})
+    assert len(result.started) == 1
+    started = engine.runtime.get(result.started[0])
+    assert started.business_key == "K-1" and started.variables["origin"] == "message"
+    assert open_keys(engine, started.id) == ["work"]

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Conflict, EngineError, Forbidden, NotFound
 from .execution import Execution, Executor
+from .messages import prepare_event_start
 from .clock import utcnow
 from .identity import Principal
 from .repository import SpecCache
@@ -110,6 +111,9 @@ class JobExecutor:
         self.dialect = dialect
         self.node = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._scheduler = None
+        # further job types (e.g. "webhook": notification delivery); a handler deletes its job when done
+        # and raises to be retried with back-off
+        self.handlers: dict[str, Callable[[Job], None]] = {}
 
     # -- acquisition ----------------------------------------------------------------------
     def acquire(self, limit: int | None = None) -> list[Job]:
@@ -161,6 +165,8 @@ class JobExecutor:
                 self._start_by_timer(job)
             elif job.job_type in ("message", "signal"):
                 self._deliver_message(job)
+            elif job.job_type in self.handlers:
+                self.handlers[job.job_type](job)
             else:
                 log.error("unknown job type %s; dropping job %s", job.job_type, job.id)
                 self._delete(job)
@@ -225,7 +231,7 @@ class JobExecutor:
                 ex.jobs.append(Job(id=str(uuid.uuid4()), job_type="timer-start", definition_id=job.definition_id,
                                    activity_id=job.activity_id, due_at=nxt, payload_json=job.payload_json,
                                    created_at=utcnow()))
-            ex.workflow.do_engine_steps()
+            prepare_event_start(ex.workflow, lambda d: isinstance(d, TimerEventDefinition))
             for task in list(ex.workflow.event_manager.tasks.values()):
                 if task.state == TaskState.WAITING and getattr(task.task_spec, "bpmn_id", None) == job.activity_id:
                     task._set_internal_data(event_fired=True)

@@ -24,7 +24,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from SpiffWorkflow.bpmn.util import BpmnEvent
 from SpiffWorkflow.util.task import TaskState
@@ -259,7 +259,7 @@ class MessageService:
                     raise _AlreadyDelivered()
                 ex.session.add(MessageReceipt(message_id=receipt, message_name=msg.name, result_json="{}",
                                               created_at=utcnow()))
-            ex.workflow.do_engine_steps()
+            prepare_event_start(ex.workflow, lambda d: _matching_definition(d, msg.name) is not None)
             waiting = [t for t in ex.workflow.event_manager.tasks.values()
                        if t.state == TaskState.WAITING
                        and _matching_definition(t.task_spec.event_definition, msg.name) is not None]
@@ -425,6 +425,28 @@ def deliver_event(ex: Execution, spiff_task_id: str, name: str, event_type: str,
     task.data.pop(RESULT_VAR, None)
     ex.audit.append(f"{event_type}_received", actor=source, activity_id=getattr(task.task_spec, "bpmn_id", None),
                     data={"name": name, "variables": variables})
+
+
+def prepare_event_start(workflow: Any, catches: Callable[[Any], bool]) -> None:
+    """Start a workflow through one of its event start events.
+
+    SpiffWorkflow runs every start event of a process; a plain (none) start next to a message,
+    signal or timer start would win at once. When starting *by event*, the start events that do
+    not catch that event are cancelled before the engine steps run.
+    """
+    for name in ("Start", "StartEventSplit"):
+        task = workflow.get_next_task(state=TaskState.READY, spec_name=name)
+        if task is not None:
+            task.run()
+    for task in workflow.get_tasks(state=TaskState.READY | TaskState.WAITING | TaskState.FUTURE | TaskState.LIKELY
+                                   | TaskState.MAYBE):
+        spec = task.task_spec
+        if type(spec).__name__ != "StartEvent" or task.workflow is not workflow:
+            continue
+        definition = getattr(spec, "event_definition", None)
+        if definition is None or not catches(definition):
+            task.cancel()
+    workflow.do_engine_steps()
 
 
 def _matching_definition(event_definition: Any, name: str) -> Any:
