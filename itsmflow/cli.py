@@ -105,6 +105,33 @@ def deploy(
         out.print("unchanged: identical content was already deployed")
 
 
+@pack_app.command("apply")
+def pack_apply(
+    pack_dir: Path = typer.Argument(..., help="pack directory (holds pack.yaml)"),
+    org: Optional[Path] = typer.Option(None, "--org", help="organisation directory (e.g. PACK/orgs/example)"),
+    db: Optional[str] = DbOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Check and deploy a process pack (BPMN, forms, RACI, SoD, policies) for an organisation."""
+    from .engine.core import Engine
+
+    engine = Engine(_settings(db, data_dir))
+    try:
+        result = engine.packs.apply(pack_dir, org, actor="cli")
+    except DeploymentInvalid as exc:
+        for issue in exc.issues:
+            print(str(issue))
+        raise typer.Exit(1)
+    finally:
+        engine.close()
+    for d in result.definitions:
+        out.print(f"{d.key} version {d.version} ({d.id})")
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}")
+    if not result.created:
+        out.print(f"unchanged: pack {result.name} {result.version} was already applied")
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host"),

@@ -11,17 +11,18 @@ from fastapi import FastAPI
 from .engine.core import Engine
 from .engine.directory import Directory
 from .engine.errors import InvalidRequest
-from .settings import REPO_ROOT, Settings
+from .engine.packs import MANIFEST
+from .settings import Settings
 
 log = logging.getLogger("itsmflow.server")
 
-EXAMPLE_DIRECTORY = Path("iso20000") / "orgs" / "example" / "directory.yaml"
-DEFAULT_BPMN_DIR = REPO_ROOT / "bpmn"
-DEPLOYABLE_SUFFIXES = (".bpmn", ".dmn")
+EXAMPLE_DIRECTORY = Path("orgs") / "example" / "directory.yaml"
 
 
 def directory_path(settings: Settings) -> Path:
-    return Path(settings.directory) if settings.directory else Path(settings.packs_dir) / EXAMPLE_DIRECTORY
+    if settings.directory:
+        return Path(settings.directory)
+    return Path(settings.packs_dir) / settings.default_pack_name / EXAMPLE_DIRECTORY
 
 
 def load_directory(settings: Settings) -> Directory:
@@ -53,20 +54,23 @@ def check_exposure(settings: Settings, directory: Directory) -> None:
 
 
 def deploy_default_pack(engine: Engine, settings: Settings) -> None:
-    """Deploy the default process pack (idempotent: identical content is not deployed twice).
+    """Apply the default process pack (``packs_dir/<default_pack_name>``) with its example organisation.
 
-    For now: every ``*.bpmn`` / ``*.dmn`` under ``<repo>/bpmn/``. To be replaced by pack manifests.
+    Idempotent: applying the same content again deploys nothing. A missing pack, or a pack without
+    processes yet, is skipped with a log line; an invalid pack is an error (the server does not start).
     """
-    root = DEFAULT_BPMN_DIR
-    if not root.is_dir():
+    pack_dir = Path(settings.packs_dir) / settings.default_pack_name
+    if not (pack_dir / MANIFEST).is_file():
+        log.info("default pack: no %s in %s; nothing deployed", MANIFEST, pack_dir)
         return
-    files = [(str(f.relative_to(root)), f.read_bytes()) for f in sorted(root.rglob("*"))
-             if f.is_file() and f.suffix.lower() in DEPLOYABLE_SUFFIXES]
-    if not files:
+    org_dir = pack_dir / "orgs" / "example"
+    result = engine.packs.apply(pack_dir, org_dir if org_dir.is_dir() else None, actor="system")
+    if not result.definitions:
+        log.info("default pack %s %s has no processes yet; nothing deployed", result.name, result.version)
         return
-    result = engine.repository.deploy("default pack", files, actor="system", source="default-pack")
     for d in result.definitions:
-        log.info("default pack: %s version %s%s", d.key, d.version, "" if result.created else " (unchanged)")
+        log.info("default pack %s %s (%s): %s version %s%s", result.name, result.version, result.organisation,
+                 d.key, d.version, "" if result.created else " (unchanged)")
 
 
 def open_engine(settings: Settings) -> Engine:

@@ -24,6 +24,14 @@ class Settings(BaseSettings):
     port: int = 8080
     default_pack: bool = True
     packs_dir: Path = REPO_ROOT / "process_packs"
+    default_pack_name: str = "iso20000"  # serve applies packs_dir/<this> with its orgs/example organisation
+    pack_schema: Path = REPO_ROOT / "process_packs" / "pack.schema.json"  # JSON Schema of pack.yaml
+
+    # notifications (RACI informed): optional webhook delivery by the job executor
+    notification_webhook_url: str | None = None
+    notification_webhook_secret: str | None = None  # signs the body: X-Itsmflow-Signature: sha256=<hmac>
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 5
 
     # limits applied to untrusted input
     max_bpmn_bytes: int = 5 * 1024 * 1024

@@ -70,3 +70,34 @@ def engine(settings, directory):
 
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
+
+
+# -- process packs: the mini pack fixture (tests/fixtures/packs/mini) ---------------------------------
+MINI_PACK = FIXTURES / "packs" / "mini"
+MINI_ORG = MINI_PACK / "orgs" / "example"
+
+
+@pytest.fixture
+def mini_directory() -> Directory:
+    return Directory.load(MINI_ORG / "directory.yaml")
+
+
+@pytest.fixture
+def mini_engine(settings, mini_directory):
+    """An engine with the mini pack applied for its example organisation."""
+    from itsmflow.engine.core import Engine
+
+    eng = Engine(settings, mini_directory)
+    eng.packs.apply(MINI_PACK, MINI_ORG)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def mini_client(mini_engine):
+    from fastapi.testclient import TestClient
+
+    from itsmflow.api.app import create_app
+
+    with TestClient(create_app(mini_engine)) as client:
+        yield client

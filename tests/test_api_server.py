@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +17,6 @@ from itsmflow.engine.directory import Directory
 from itsmflow.engine.errors import InvalidRequest
 from itsmflow.settings import REPO_ROOT, Settings
 
-from .conftest import fixture_bytes
 
 EXAMPLE = REPO_ROOT / "process_packs" / "iso20000" / "orgs" / "example" / "directory.yaml"
 CONTRACT_ROLES = {
@@ -80,35 +81,42 @@ def test_missing_directory_file_is_a_clear_error(tmp_path):
         server.build_app(Settings(db=f"sqlite:///{tmp_path / 'x.db'}", directory=tmp_path / "nope.yaml"))
 
 
-def test_default_pack_deploys_bpmn_folder_once(settings, directory, tmp_path, monkeypatch):
-    folder = tmp_path / "bpmn"
-    folder.mkdir()
-    (folder / "ten_steps.bpmn").write_bytes(fixture_bytes("ten_steps.bpmn"))
-    (folder / "README.md").write_text("not deployed")
-    monkeypatch.setattr(server, "DEFAULT_BPMN_DIR", folder)
+MINI_PACK = Path(__file__).parent / "fixtures" / "packs" / "mini"
+
+
+def test_default_pack_is_applied_once(settings, directory, tmp_path):
+    packs = tmp_path / "packs"
+    shutil.copytree(MINI_PACK, packs / "iso20000")
+    settings = settings.model_copy(update={"packs_dir": packs})
     engine = Engine(settings, directory)
     try:
         server.deploy_default_pack(engine, settings)
         server.deploy_default_pack(engine, settings)  # identical content: no new version
-        assert [(d.key, d.version) for d in engine.repository.definitions()] == [("ten_steps", 1)]
-        monkeypatch.setattr(server, "DEFAULT_BPMN_DIR", tmp_path / "empty")
-        server.deploy_default_pack(engine, settings)  # nothing to deploy is fine
+        assert [(d.key, d.version) for d in engine.repository.definitions()] == [("mini_change", 1)]
+        assert [(p.name, p.organisation) for p in engine.packs.list()] == [("mini", "example")]
+        empty = settings.model_copy(update={"packs_dir": tmp_path / "empty"})
+        server.deploy_default_pack(engine, empty)  # no pack: nothing to deploy is fine
+        (packs / "nothing").mkdir()
+        (packs / "nothing" / "pack.yaml").write_text("name: nothing\nversion: '0'\nroles: {a: b}\nprocesses: []\n")
+        server.deploy_default_pack(engine, settings.model_copy(update={"default_pack_name": "nothing"}))
+        assert len(engine.repository.definitions()) == 1
     finally:
         engine.close()
 
 
-def test_build_app_deploys_default_pack_when_asked(db_url, tmp_path, monkeypatch):
-    folder = tmp_path / "bpmn"
-    folder.mkdir()
-    (folder / "ten_steps.bpmn").write_bytes(fixture_bytes("ten_steps.bpmn"))
-    monkeypatch.setattr(server, "DEFAULT_BPMN_DIR", folder)
-    app = server.build_app(Settings(db=db_url, data_dir=tmp_path, default_pack=True))  # example directory
+def test_build_app_deploys_default_pack_when_asked(db_url, tmp_path):
+    packs = tmp_path / "packs"
+    shutil.copytree(MINI_PACK, packs / "iso20000")
+    app = server.build_app(Settings(db=db_url, data_dir=tmp_path, default_pack=True, packs_dir=packs))
     try:
         with TestClient(app) as client:
-            me = client.get("/api/me", headers={"Authorization": "Bearer demo-carol"}).json()
-            assert me["userId"] == "carol" and "cab-member" in me["roles"]
-            resp = client.get("/api/process-definitions/key/ten_steps", headers={"Authorization": "Bearer demo-bob"})
+            me = client.get("/api/me", headers={"Authorization": "Bearer t-carl"}).json()  # the pack's example org
+            assert me["userId"] == "carl" and "change-authority" in me["roles"]
+            resp = client.get("/api/process-definitions/key/mini_change", headers={"Authorization": "Bearer t-mike"})
             assert resp.status_code == 200
+            packs_out = client.get("/api/packs", headers={"Authorization": "Bearer t-mike"}).json()
+            assert [(p["name"], p["organisation"], [d["key"] for d in p["definitions"]]) for p in packs_out] == [
+                ("mini", "example", ["mini_change"])]
     finally:
         app.state.engine.close()
 

@@ -17,7 +17,17 @@ from . import problems
 from .deps import TOTAL_HEADER
 from .middleware import RequestContextMiddleware
 from .rendering import JSONResponse
-from .routers import definitions, deployments, incidents, instances, messages, system, tasks
+from .routers import (
+    definitions,
+    deployments,
+    incidents,
+    instances,
+    messages,
+    notifications,
+    packs,
+    system,
+    tasks,
+)
 
 API_PREFIX = "/api"
 
@@ -45,7 +55,7 @@ def create_app(engine: Engine) -> FastAPI:
     )
     app.state.engine = engine
     problems.install(app)
-    for module in (system, deployments, definitions, instances, tasks, incidents, messages):
+    for module in (system, deployments, definitions, instances, tasks, incidents, messages, notifications, packs):
         app.include_router(module.router, prefix=API_PREFIX)
     max_body = max(32 * 1024 * 1024, 4 * engine.settings.max_bpmn_bytes, 4 * engine.settings.max_variables_bytes)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=max_body)

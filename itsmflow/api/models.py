@@ -50,6 +50,11 @@ class TaskState(str, Enum):
     cancelled = "cancelled"
 
 
+class TaskPhase(str, Enum):
+    work = "work"
+    signoff = "signoff"
+
+
 # -- misc -----------------------------------------------------------------------------------
 class Health(ApiModel):
     status: str = Field(examples=["ok"])
@@ -192,6 +197,9 @@ class Task(ApiModel):
     form_key: str | None = None
     completed_at: UtcDatetime | None = None
     completed_by: str | None = None
+    phase: TaskPhase = Field(default="work", description="`signoff` once the result was submitted and waits for "
+                                                         "the accountable role (candidateRoles) to sign it off")
+    submitted_by: str | None = Field(default=None, description="who submitted the result waiting for sign-off")
 
 
 class DelegateRequest(RequestModel):
@@ -205,6 +213,68 @@ class CompleteRequest(RequestModel):
 class Completion(ApiModel):
     process_instance: Instance
     next_tasks: list[Task] = Field(description="open tasks of the instance the caller may work on")
+    awaiting_signoff: bool = Field(default=False, description="the task needs a sign-off: the result was stored and "
+                                                              "the task now waits for the accountable role")
+
+
+class SignoffDecision(str, Enum):
+    approved = "approved"
+    rejected = "rejected"
+
+
+class SignoffRequest(RequestModel):
+    decision: SignoffDecision
+    reason: Annotated[str, Field(max_length=4000, pattern=r"^[^\x00]*$")] | None = Field(
+        default=None, description="required when rejected")
+
+
+class ConsultationRequest(RequestModel):
+    opinion: Annotated[str, Field(min_length=1, max_length=4000, pattern=r"^[^\x00]*$")]
+    role: Name255 | None = Field(default=None, description="the consulted role the opinion is for (default: every "
+                                                           "consulted role the caller holds)")
+
+
+class ConsultationOut(ApiModel):
+    id: str
+    task_id: str
+    process_instance_id: str
+    role: str
+    user_id: str
+    opinion: str
+    at: UtcDatetime
+
+
+# -- notifications and packs --------------------------------------------------------------------
+class NotificationOut(ApiModel):
+    id: str
+    at: UtcDatetime
+    type: str = Field(description="task_created | task_completed | signoff_rejected")
+    user_id: str
+    process_instance_id: str | None = None
+    task_id: str | None = None
+    activity_id: str | None = None
+    definition_key: str | None = None
+    business_key: str | None = None
+    message: str
+    read: bool
+    delivery_state: str = Field(description="webhook delivery: none | pending | delivered | failed")
+
+
+class PackDefinitionOut(ApiModel):
+    key: str
+    version: int
+    id: str
+
+
+class PackOut(ApiModel):
+    id: str
+    name: str
+    version: str
+    organisation: str | None = None
+    title: str | None = None
+    applied_at: UtcDatetime
+    applied_by: str | None = None
+    definitions: list[PackDefinitionOut]
 
 
 # -- messages, signals, incidents -------------------------------------------------------------

@@ -29,6 +29,14 @@ from .repository import RepositoryService, SpecCache
 from .runtime import RuntimeService
 from .storage.db import create_db_engine, migrate, session_factory
 from .tasks import TaskService
+from .consultation import ConsultationService
+from .forms import FormService
+from .notifications import WEBHOOK_JOB, NotificationService
+from .packs import PackService
+from .policies import PolicyInjector
+from .raci import RaciAssignment, signoff_role
+from .rules import RulesStore
+from .sod import SodChecker
 
 
 class Engine:
@@ -70,6 +78,35 @@ class Engine:
             self.sessions, self.executor, self.specs, self.messages.process_leased_job,
             lock_seconds=self.settings.job_lock_seconds, dialect=self.db.dialect.name,
         )
+        self._install_pack_rules()
+
+    def _install_pack_rules(self) -> None:
+        """RACI, segregation of duties, consultation, sign-off, forms, policies and notifications: all
+        driven by the rules a pack deployed with each definition version (no-ops without a pack)."""
+        s = self.settings
+        self.rules = RulesStore(self.sessions)
+        self.executor.assignment = RaciAssignment(self.rules)
+        policies = PolicyInjector(self.rules)
+        self.executor.start_variables.append(policies.start_variables)
+        self.notifications = NotificationService(
+            self.sessions, self.directory, self.rules, webhook_url=s.notification_webhook_url,
+            webhook_secret=s.notification_webhook_secret, webhook_timeout_seconds=s.webhook_timeout_seconds,
+            webhook_max_attempts=s.webhook_max_attempts,
+        )
+        self.executor.on_task_created.append(self.notifications.task_created)
+        self.tasks.completion_listeners.append(self.notifications.task_completed)
+        self.tasks.signoff_rejected_listeners.append(self.notifications.signoff_rejected)
+        self.jobs.handlers[WEBHOOK_JOB] = self.notifications.deliver
+        self.consultations = ConsultationService(self.sessions, self.executor, self.tasks, self.rules)
+        self.forms = FormService(self.repository, self.tasks, self.rules)
+        self.tasks.actor_checks.append(SodChecker(self.rules))
+        # order: consultations (409), reserved variables and the form (422)
+        self.tasks.completion_checks += [self.consultations.completion_check, policies.completion_check,
+                                         self.forms.completion_check]
+        self.tasks.signoff_role = signoff_role(self.rules)
+        self.runtime.start_checks += [policies.start_check, self.forms.start_check]
+        self.packs = PackService(self.sessions, self.repository, self.rules, self.directory,
+                                 schema_path=s.pack_schema)
 
     def start_background_jobs(self) -> None:
         """Run timers, retries and message redelivery in this process (``itsmflow serve`` does)."""

@@ -318,6 +318,11 @@ class ConcurrentModification(Conflict):
 
 
 AfterCommit = Callable[[str, list[Job]], None]
+# called in the command's transaction for every new human task row (notifications, ...)
+TaskCreatedHook = Callable[["Execution", HumanTask], None]
+# variables every new instance of a definition starts with (pack policies, ...); they override
+# the caller's variables of the same name
+StartVariables = Callable[[CachedDefinition], dict[str, Any]]
 
 
 class Executor:
@@ -330,6 +335,10 @@ class Executor:
         # called after each successful commit with the instance id and the jobs it created
         # (the message router delivers thrown messages from here)
         self.after_commit: list[AfterCommit] = []
+        # who new human tasks are for (replaced by the RACI strategy in Engine)
+        self.assignment: Any = BpmnAssignment()
+        self.on_task_created: list[TaskCreatedHook] = []
+        self.start_variables: list[StartVariables] = []
 
     def _committed(self, instance_id: str, jobs: list[Job]) -> None:
         for listener in self.after_commit:
@@ -351,6 +360,8 @@ class Executor:
         """Create an instance, run it to its first wait state, persist it; returns its id."""
         workflow = BpmnWorkflow(definition.spec, definition.subprocess_specs, script_engine=self.script_engine)
         start = workflow.get_next_task(state=TaskState.READY)
+        for provider in self.start_variables:
+            variables = {**variables, **provider(definition)}
         if start is not None:
             start.data.update(copy.deepcopy(variables))
         now = utcnow()
@@ -577,12 +588,8 @@ class Executor:
         bpmn_id = task.task_spec.bpmn_id
         meta = ex.definition.user_task(bpmn_id)
         data = task.data
-        roles = _resolve_list(meta.get("candidate_groups") or [], data)
-        if not roles:
-            role = lane_role(meta.get("lane_id"), meta.get("lane") or getattr(task.task_spec, "lane", None))
-            roles = [role] if role else []
-        users = _resolve_list(meta.get("candidate_users") or [], data)
-        assignee = _resolve(meta.get("assignee"), data)
+        assignment = self.assignment.assign(ex, task, meta)
+        roles, users, assignee = assignment.candidate_roles, assignment.candidate_users, assignment.assignee
         row = HumanTask(
             id=str(task.id),
             instance_id=ex.row.id,
@@ -596,6 +603,7 @@ class Executor:
             candidate_users_json=json.dumps(users),
             assignee=assignee,
             state="open",
+            phase="work",
             form_key=meta.get("form_key"),
             created_at=now,
             due=_due(meta.get("due_date"), data, now),
@@ -605,5 +613,34 @@ class Executor:
             data={"name": row.name, "candidateRoles": roles, "candidateUsers": users, "assignee": assignee},
             at=now,
         )
+        for hook in self.on_task_created:
+            hook(ex, row)
         candidates = [("role", r) for r in roles] + [("user", u) for u in users]
         return row, candidates
+
+
+@dataclass
+class Assignment:
+    """Who a new human task is for: candidate roles and users, and an optional assignee."""
+
+    candidate_roles: list[str]
+    candidate_users: list[str]
+    assignee: str | None = None
+
+
+class BpmnAssignment:
+    """Assignment from the BPMN alone: ``camunda:candidateGroups`` (else the lane named by a role id),
+    ``camunda:candidateUsers`` and ``camunda:assignee`` (fixed or ``${variable}``).
+
+    Other strategies (the pack's RACI, :mod:`itsmflow.engine.raci`) wrap this one and replace
+    :attr:`Executor.assignment`.
+    """
+
+    def assign(self, ex: Execution, task: Task, meta: dict[str, Any]) -> Assignment:
+        data = task.data
+        roles = _resolve_list(meta.get("candidate_groups") or [], data)
+        if not roles:
+            role = lane_role(meta.get("lane_id"), meta.get("lane") or getattr(task.task_spec, "lane", None))
+            roles = [role] if role else []
+        users = _resolve_list(meta.get("candidate_users") or [], data)
+        return Assignment(roles, users, _resolve(meta.get("assignee"), data))

@@ -114,6 +114,9 @@ class SpecCache:
         return self._items[definition_id]
 
 
+DefinitionHook = Callable[[Session, ProcessDefinition, dict[str, Any]], None]
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -136,7 +139,7 @@ class RepositoryService:
         self._max_bytes = max_bytes
         self._script_validator = script_validator
         # called in the deploy transaction for each new definition version (start events, timers)
-        self.on_definition_created: list[Callable[[Session, ProcessDefinition, dict[str, Any]], None]] = []
+        self.on_definition_created: list[DefinitionHook] = []
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, files: list[tuple[str, bytes]]):  # noqa: ANN201
@@ -160,35 +163,48 @@ class RepositoryService:
     # -- deploy -----------------------------------------------------------------------------
     def deploy(
         self, name: str, files: list[tuple[str, bytes]], *, principal: Principal | None = None,
-        actor: str | None = None, source: str = "api",
+        actor: str | None = None, source: str = "api", identity: dict[str, str] | None = None,
+        hooks: list[DefinitionHook] | None = None, parsed: Any = None,
     ) -> DeploymentResult:
-        """Deploy files (admins only when a principal is given; the CLI deploys as the system)."""
+        """Deploy files (admins only when a principal is given; the CLI deploys as the system).
+
+        ``identity`` (process key → text) adds to the content identity of a process: the pack loader
+        passes the hash of the rules deployed with it, so changed rules make a new version even when
+        the BPMN bytes are the same. ``hooks`` run, in the deploy transaction, for each new definition
+        of this deployment only (after the service-wide ``on_definition_created`` hooks). ``parsed``
+        is the result of :meth:`validate` when the caller already has it.
+        """
         if principal is not None and not principal.is_admin:
             raise Forbidden("only users with the admin role may deploy")
         actor = actor or (principal.user_id if principal else None)
         check_text(name, "name", 255, required=True)
-        parsed = self.validate(files)
+        parsed = parsed if parsed is not None else self.validate(files)
         too_long = [SourceIssue(m.file, None, None, f"process id {key[:40]!r}… is longer than 200 characters")
                     for key, m in parsed.processes.items() if len(key) > 200]
         if too_long:
             raise DeploymentInvalid(too_long)
         file_hash = {fname: _sha256(data) for fname, data in files}
+        key_hash = {
+            key: file_hash[m.file] if not (identity or {}).get(key)
+            else _sha256(f"{file_hash[m.file]}:{identity[key]}".encode())
+            for key, m in parsed.processes.items()
+        }
         try:
-            return self._store(name, files, file_hash, parsed, actor, source)
+            return self._store(name, files, file_hash, key_hash, parsed, actor, source, hooks or [])
         except IntegrityError:
             # a concurrent deployment created the same version first: re-read, it is now identical or newer
             try:
-                return self._store(name, files, file_hash, parsed, actor, source)
+                return self._store(name, files, file_hash, key_hash, parsed, actor, source, hooks or [])
             except IntegrityError as exc:
                 raise Conflict("another deployment of the same process keys is in progress; retry") from exc
 
-    def _store(self, name, files, file_hash, parsed, actor, source) -> DeploymentResult:  # noqa: ANN001
+    def _store(self, name, files, file_hash, key_hash, parsed, actor, source, hooks) -> DeploymentResult:  # noqa: ANN001
         now = utcnow()
         with self._sessions() as session, session.begin():
             existing: list[DefinitionInfo] = []
             to_create = []
             for key, model in parsed.processes.items():
-                chash = file_hash[model.file]
+                chash = key_hash[key]
                 latest = session.scalars(
                     select(ProcessDefinition)
                     .where(ProcessDefinition.key == key)
@@ -234,7 +250,7 @@ class RepositoryService:
                 )
                 session.add(row)
                 session.flush()
-                for hook in self.on_definition_created:
+                for hook in [*self.on_definition_created, *hooks]:
                     hook(session, row, model.as_dict())
                 created.append(_info(row))
                 audit.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -111,6 +111,9 @@ class RuntimeService:
         self._cache = cache
         self._executor = executor
         self._max_variables_bytes = max_variables_bytes
+        # run before an instance is started through this service (the API): each may refuse
+        # (ValidationFailed, ...) or return the variables to start with (start form, reserved names)
+        self.start_checks: list[Callable[[str, dict[str, Any]], dict[str, Any]]] = []
 
     # -- commands -------------------------------------------------------------------------
     def start(
@@ -127,6 +130,8 @@ class RuntimeService:
             raise InvalidRequest("businessKey must not be empty")
         variables = check_variables(variables or {}, max_bytes=self._max_variables_bytes)
         info = self._repository.latest(key)
+        for check in self.start_checks:
+            variables = check(info.id, variables)
         definition = self._cache.get(info.id)
         instance_id = self._executor.start(
             definition, business_key=business_key, variables=variables, actor=principal.user_id if principal else None

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .directory import Directory
 from .clock import iso
-from .errors import Conflict, Forbidden, InvalidRequest, NotFound
-from .textcheck import valid_id
-from .execution import Execution, Executor
+from .errors import Conflict, FieldIssue, Forbidden, InvalidRequest, NotFound, ValidationFailed
+from .textcheck import check_text, valid_id
+from .execution import Execution, Executor, from_storable, to_storable
 from .identity import Principal
 from .runtime import InstanceView, RuntimeService
 from .storage.models import HumanTask, ProcessInstance, TaskCandidate
@@ -50,6 +50,8 @@ class TaskView:
     form_key: str | None
     completed_at: datetime | None
     completed_by: str | None
+    phase: str = "work"  # work | signoff (the result waits for the accountable role's sign-off)
+    submitted_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,8 @@ class TaskView:
             "formKey": self.form_key,
             "completedAt": iso(self.completed_at),
             "completedBy": self.completed_by,
+            "phase": self.phase,
+            "submittedBy": self.submitted_by,
         }
 
 
@@ -94,6 +98,8 @@ def task_view(row: HumanTask) -> TaskView:
         form_key=row.form_key,
         completed_at=row.completed_at,
         completed_by=row.completed_by,
+        phase=row.phase or "work",
+        submitted_by=row.submitted_by,
     )
 
 
@@ -110,17 +116,27 @@ def may_work_on(task: TaskView, principal: Principal) -> bool:
 class CompletionResult:
     process_instance: InstanceView
     next_tasks: list[TaskView]
+    awaiting_signoff: bool = False  # the result was submitted and waits for the accountable's sign-off
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "processInstance": self.process_instance.as_dict(),
             "nextTasks": [t.as_dict() for t in self.next_tasks],
+            "awaitingSignoff": self.awaiting_signoff,
         }
 
 
-# A hook run inside the completion transaction before the task is completed; later features
-# (forms, segregation of duties, consultation) plug in here.
+# A hook run inside the completion transaction before the task is completed; it may refuse (raise)
+# or return the (possibly filtered) variables: forms, consultation, reserved variables plug in here.
 CompletionCheck = Callable[[Execution, TaskView, Principal, dict[str, Any]], dict[str, Any]]
+# May ``user_id`` act on the task (claim it, receive it by delegation, complete it, sign it off)?
+# Raises Forbidden otherwise; run inside the command's transaction (segregation of duties).
+ActorCheck = Callable[[Execution, TaskView, str], None]
+# Run in the transaction that completes a task, after it completed (notifications).
+CompletionListener = Callable[[Execution, TaskView, str], None]
+# The role that must sign off a task's result, or None (RACI accountable with signoff: true).
+SignoffRole = Callable[[Execution | None, str, str], str | None]
+SIGNOFF_DECISIONS = ("approved", "rejected")
 
 
 class TaskService:
@@ -139,6 +155,11 @@ class TaskService:
         self.directory = directory
         self._max_variables_bytes = max_variables_bytes
         self.completion_checks: list[CompletionCheck] = []
+        self.actor_checks: list[ActorCheck] = []
+        self.completion_listeners: list[CompletionListener] = []
+        self.signoff_role: SignoffRole | None = None
+        # run when a sign-off is rejected: (execution, task, submitter, reason)
+        self.signoff_rejected_listeners: list[Callable[[Execution, TaskView, str | None, str], None]] = []
 
     # -- queries --------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskView:
@@ -224,7 +245,8 @@ class TaskService:
         if task.assignee is not None:
             raise Conflict(f"task {task_id} is already assigned to {task.assignee}")
         self._change_assignment(task, principal, "task_claimed", {"assignee": principal.user_id},
-                                expect_assignee=None, values={"assignee": principal.user_id})
+                                expect_assignee=None, values={"assignee": principal.user_id},
+                                check_user=principal.user_id)
 
     def unclaim(self, task_id: str, principal: Principal) -> None:
         task = self._open_task(task_id)
@@ -249,45 +271,185 @@ class TaskService:
         owner = task.owner or principal.user_id
         self._change_assignment(
             task, principal, "task_delegated", {"owner": owner, "delegate": user_id, "previousAssignee": task.assignee},
-            expect_assignee=task.assignee, values={"assignee": user_id, "owner": owner},
+            expect_assignee=task.assignee, values={"assignee": user_id, "owner": owner}, check_user=user_id,
         )
 
     def complete(self, task_id: str, principal: Principal, variables: dict[str, Any] | None = None) -> CompletionResult:
-        """Complete a user task with the submitted variables and run the process on."""
+        """Complete a user task with the submitted variables and run the process on.
+
+        Inside one transaction, before anything changes: the actor checks (segregation of duties), the
+        completion checks (consultations, the form, reserved variables). When the task's result needs a
+        sign-off, it is stored and the task waits for the accountable role (:meth:`signoff`).
+        """
         task = self._open_task(task_id)
         if not may_work_on(task, principal):
             raise Forbidden(self._role_message(task, principal))
+        if task.phase == "signoff":
+            raise Conflict(f"task {task_id} waits for sign-off by {', '.join(task.candidate_roles)}: "
+                           f"use POST /api/tasks/{task_id}/signoff")
         if task.assignee is not None and principal.user_id not in (task.assignee, task.owner):
             raise Conflict(f"task {task_id} is assigned to {task.assignee}")
         submitted = check_variables(variables or {}, max_bytes=self._max_variables_bytes)
+        outcome: dict[str, bool] = {}
 
         def command(ex: Execution) -> None:
             if ex.row.state != "active":
                 raise Conflict(f"process instance {ex.instance_id} is {ex.row.state}; tasks cannot be completed")
             spiff_task = ex.ready_task(task_id)
+            self._require_phase(ex, task_id, "work")
+            for check in self.actor_checks:
+                check(ex, task, principal.user_id)
             values = submitted
-            for check in self.completion_checks:
-                values = check(ex, task, principal, values)
-            before = {k: spiff_task.data.get(k) for k in values}
-            spiff_task.data.update(values)
-            spiff_task.run()
-            ex.completed_task_ids.add(task_id)
-            ex.completed_by = principal.user_id
-            ex.audit.append(
-                "task_completed", actor=principal.user_id, activity_id=task.task_definition_key, task_id=task_id,
-                data={
-                    "name": task.name,
-                    "assignee": task.assignee,
-                    "owner": task.owner,
-                    "changes": {k: {"old": to_json_compatible(before[k]), "new": to_json_compatible(v)}
-                                for k, v in values.items() if before.get(k) != v},
-                },
+            for completion_check in self.completion_checks:
+                values = completion_check(ex, task, principal, values)
+            accountable = self.signoff_role(ex, task.definition_id, task.task_definition_key) \
+                if self.signoff_role else None
+            if accountable:
+                self._submit_for_signoff(ex, task, principal, values, accountable)
+                outcome["signoff"] = True
+                return
+            self._finish(ex, task, spiff_task, values, completed_by=principal.user_id, actor=principal.user_id)
+
+        self._executor.run(task.process_instance_id, principal.user_id, command)
+        instance = self._runtime.get(task.process_instance_id)
+        open_tasks, _ = self.query(process_instance_id=task.process_instance_id, size=500)
+        return CompletionResult(instance, [t for t in open_tasks if may_work_on(t, principal)],
+                                awaiting_signoff=outcome.get("signoff", False))
+
+    def signoff(self, task_id: str, principal: Principal, decision: str, reason: str | None = None) -> CompletionResult:
+        """The accountable role's decision on a submitted result: ``approved`` completes the task with
+        the submitted variables; ``rejected`` (a reason is required) sends it back to its submitter."""
+        if decision not in SIGNOFF_DECISIONS:
+            raise ValidationFailed("decision must be 'approved' or 'rejected'",
+                                   [FieldIssue("$.decision", "must be one of: approved, rejected")])
+        check_text(reason, "reason", 4000)
+        if decision == "rejected" and not (reason or "").strip():
+            raise ValidationFailed("a reason is required when the sign-off is rejected",
+                                   [FieldIssue("$.reason", "is required when decision is rejected")])
+        task = self._open_task(task_id)
+        if task.phase != "signoff":
+            raise Conflict(f"task {task_id} has no result waiting for sign-off")
+        if not may_work_on(task, principal):
+            raise Forbidden(self._role_message(task, principal))
+        if task.assignee is not None and principal.user_id not in (task.assignee, task.owner):
+            raise Conflict(f"task {task_id} is assigned to {task.assignee}")
+        if principal.user_id == task.submitted_by:
+            raise Forbidden(f"four-eyes rule: {principal.user_id} submitted the result of task {task_id} and "
+                            "may not sign it off")
+
+        def command(ex: Execution) -> None:
+            if ex.row.state != "active":
+                raise Conflict(f"process instance {ex.instance_id} is {ex.row.state}; tasks cannot be signed off")
+            spiff_task = ex.ready_task(task_id)
+            row = self._require_phase(ex, task_id, "signoff")
+            for check in self.actor_checks:
+                check(ex, task, principal.user_id)
+            pending = json.loads(row.pending_json or "{}")
+            if row.submitted_by == principal.user_id:  # re-checked on the fresh row
+                raise Forbidden(f"four-eyes rule: {principal.user_id} submitted the result of task {task_id} and "
+                                "may not sign it off")
+            if decision == "approved":
+                ex.audit.append("task_signed_off", actor=principal.user_id, activity_id=task.task_definition_key,
+                                task_id=task_id, data={"decision": decision, "reason": reason,
+                                                       "submittedBy": row.submitted_by})
+                values = from_storable(pending.get("variables") or {})
+                self._finish(ex, task, spiff_task, values, completed_by=row.submitted_by or principal.user_id,
+                             actor=principal.user_id, signed_off_by=principal.user_id)
+                ex.session.execute(update(HumanTask).where(HumanTask.id == task_id).values(pending_json=None))
+                return
+            back = pending.get("restore") or {}
+            submitter = row.submitted_by
+            res = ex.session.execute(
+                update(HumanTask).where(HumanTask.id == task_id, HumanTask.state == "open", HumanTask.phase == "signoff")
+                .values(phase="work", pending_json=None, submitted_by=None,
+                        candidate_roles_json=json.dumps(back.get("roles") or []),
+                        candidate_users_json=json.dumps(back.get("users") or []),
+                        assignee=submitter, owner=back.get("owner"))
             )
+            if res.rowcount != 1:
+                raise Conflict(f"task {task_id} was changed concurrently")
+            self._replace_candidates(ex, task_id, back.get("roles") or [], back.get("users") or [])
+            ex.audit.append("task_signoff_rejected", actor=principal.user_id, activity_id=task.task_definition_key,
+                            task_id=task_id, data={"decision": decision, "reason": reason,
+                                                   "submittedBy": submitter, "assignee": submitter})
+            for listener in self.signoff_rejected_listeners:
+                listener(ex, task, submitter, reason or "")
 
         self._executor.run(task.process_instance_id, principal.user_id, command)
         instance = self._runtime.get(task.process_instance_id)
         open_tasks, _ = self.query(process_instance_id=task.process_instance_id, size=500)
         return CompletionResult(instance, [t for t in open_tasks if may_work_on(t, principal)])
+
+    def pending_variables(self, task_id: str) -> dict[str, Any] | None:
+        """The result waiting for sign-off (None when the task is not in the sign-off phase)."""
+        with self._sessions() as session:
+            row = session.get(HumanTask, task_id) if valid_id(task_id) else None
+            if row is None or row.phase != "signoff" or not row.pending_json:
+                return None
+            return to_json_compatible(from_storable(json.loads(row.pending_json).get("variables") or {}))
+
+    # -- completion internals ---------------------------------------------------------------
+    def _finish(self, ex: Execution, task: TaskView, spiff_task: Any, values: dict[str, Any], *,
+                completed_by: str, actor: str, signed_off_by: str | None = None) -> None:
+        before = {k: spiff_task.data.get(k) for k in values}
+        spiff_task.data.update(values)
+        spiff_task.run()
+        ex.completed_task_ids.add(task.id)
+        ex.completed_by = completed_by
+        data: dict[str, Any] = {
+            "name": task.name,
+            "assignee": task.assignee,
+            "owner": task.owner,
+            "changes": {k: {"old": to_json_compatible(before[k]), "new": to_json_compatible(v)}
+                        for k, v in values.items() if before.get(k) != v},
+        }
+        if signed_off_by:
+            data["signedOffBy"] = signed_off_by
+        ex.audit.append("task_completed", actor=completed_by if signed_off_by else actor,
+                        activity_id=task.task_definition_key, task_id=task.id, data=data)
+        for listener in self.completion_listeners:
+            listener(ex, task, completed_by)
+
+    def _submit_for_signoff(self, ex: Execution, task: TaskView, principal: Principal, values: dict[str, Any],
+                            accountable: str) -> None:
+        row = ex.session.get(HumanTask, task.id)
+        pending = {
+            "variables": to_storable(values),
+            "restore": {"roles": json.loads(row.candidate_roles_json), "users": json.loads(row.candidate_users_json),
+                        "owner": row.owner},
+        }
+        res = ex.session.execute(
+            update(HumanTask).where(HumanTask.id == task.id, HumanTask.state == "open", HumanTask.phase == "work")
+            .values(phase="signoff", pending_json=json.dumps(pending), submitted_by=principal.user_id,
+                    candidate_roles_json=json.dumps([accountable]), candidate_users_json="[]",
+                    assignee=None, owner=None)
+        )
+        if res.rowcount != 1:
+            raise Conflict(f"task {task.id} was changed concurrently")
+        self._replace_candidates(ex, task.id, [accountable], [])
+        ex.audit.append("task_submitted_for_signoff", actor=principal.user_id, activity_id=task.task_definition_key,
+                        task_id=task.id, data={
+                            "accountable": accountable,
+                            "variables": to_json_compatible(values),
+                        })
+
+    @staticmethod
+    def _replace_candidates(ex: Execution, task_id: str, roles: list[str], users: list[str]) -> None:
+        ex.session.execute(delete(TaskCandidate).where(TaskCandidate.task_id == task_id))
+        for r in dict.fromkeys(roles):
+            ex.session.add(TaskCandidate(task_id=task_id, kind="role", value=r))
+        for u in dict.fromkeys(users):
+            ex.session.add(TaskCandidate(task_id=task_id, kind="user", value=u))
+
+    @staticmethod
+    def _require_phase(ex: Execution, task_id: str, phase: str) -> HumanTask:
+        row = ex.session.get(HumanTask, task_id)
+        if row is None or row.state != "open":
+            raise Conflict(f"task {task_id} is no longer open")
+        if (row.phase or "work") != phase:
+            raise Conflict(f"task {task_id} waits for sign-off" if row.phase == "signoff"
+                           else f"task {task_id} has no result waiting for sign-off")
+        return row
 
     # -- helpers --------------------------------------------------------------------------
     def _open_task(self, task_id: str) -> TaskView:
@@ -303,12 +465,15 @@ class TaskService:
                 f"it is for {wanted}" + (f", assigned to {task.assignee}" if task.assignee else ""))
 
     def _change_assignment(self, task: TaskView, principal: Principal, event: str, data: dict[str, Any], *,
-                           expect_assignee: str | None, values: dict[str, Any]) -> None:
+                           expect_assignee: str | None, values: dict[str, Any], check_user: str | None = None) -> None:
         """Assignment changes don't touch the workflow: a guarded row update plus an audit event."""
 
         def command(ex: Execution) -> None:
             if ex.row.state != "active":
                 raise Conflict(f"process instance {ex.instance_id} is {ex.row.state}")
+            if check_user is not None:
+                for check in self.actor_checks:
+                    check(ex, task, check_user)
             guard = HumanTask.assignee.is_(None) if expect_assignee is None else HumanTask.assignee == expect_assignee
             res = ex.session.execute(
                 update(HumanTask).where(HumanTask.id == task.id, HumanTask.state == "open", guard).values(**values)

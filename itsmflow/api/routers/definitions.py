@@ -17,8 +17,6 @@ router = APIRouter(prefix="/process-definitions", tags=["process definitions"])
 KeyPath = Annotated[Ident, Path(description="process key (the BPMN process id)")]
 IdPath = Annotated[Ident, Path(description="process definition id (one version)")]
 
-EMPTY_FORM_SCHEMA = {"type": "object", "properties": {}}
-
 
 @router.get("", response_model=list[Definition], summary="List process definitions",
             responses={**problems(401)})
@@ -42,12 +40,11 @@ def latest_definition(engine: EngineDep, _: PrincipalDep, key: KeyPath) -> Defin
 
 @router.get("/key/{key}/form", response_model=Form, response_model_exclude_none=True,
             summary="Start form of the latest version",
-            description="`{schema, uiSchema?}`; an empty object schema when the start event has no form "
-                        "(forms are not wired yet: always the empty schema for now).",
+            description="`{schema, uiSchema?}`: the JSON Schema named by the start event's `formKey`; an empty "
+                        "object schema when the start event has no form.",
             responses=problems(401, 404))
 def start_form(engine: EngineDep, _: PrincipalDep, key: KeyPath) -> Form:
-    engine.repository.latest(key)  # 404 when unknown
-    return Form(form_schema=dict(EMPTY_FORM_SCHEMA))
+    return Form.model_validate(engine.forms.start_form(key))
 
 
 @router.post("/key/{key}/start", response_model=Instance, status_code=status.HTTP_201_CREATED,

@@ -8,9 +8,19 @@ from fastapi import APIRouter, Body, Path, Query, Response, status
 
 from ..auth import PrincipalDep
 from ..deps import EngineDep, PageDep, set_total
-from ..models import CompleteRequest, Completion, DelegateRequest, Ident, Task, TaskForm, TaskState
+from ..models import (
+    CompleteRequest,
+    Completion,
+    ConsultationOut,
+    ConsultationRequest,
+    DelegateRequest,
+    Ident,
+    SignoffRequest,
+    Task,
+    TaskForm,
+    TaskState,
+)
 from ..responses import problems
-from .definitions import EMPTY_FORM_SCHEMA
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -59,11 +69,13 @@ def get_task(engine: EngineDep, _: PrincipalDep, task_id: TaskPath) -> Task:
 
 @router.get("/{task_id}/form", response_model=TaskForm, response_model_exclude_none=True,
             summary="The task's form and current data",
-            description="`{schema, uiSchema?, data}`. Forms are not wired yet: the schema is always an empty "
-                        "object schema for now; `data` holds the values visible to the task.",
+            description="`{schema, uiSchema?, data}`: the JSON Schema (draft 2020-12) named by the task's "
+                        "`formKey`, its UI schema when the pack has one, and the current values of the form's "
+                        "fields (while the task waits for sign-off: the submitted result). A task without a "
+                        "form has an empty object schema and `data` holds every variable visible to the task.",
             responses=problems(401, 404))
 def task_form(engine: EngineDep, _: PrincipalDep, task_id: TaskPath) -> TaskForm:
-    return TaskForm(form_schema=dict(EMPTY_FORM_SCHEMA), data=engine.tasks.variables(task_id))
+    return TaskForm.model_validate(engine.forms.task_form(task_id))
 
 
 @router.post("/{task_id}/claim", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
@@ -90,7 +102,11 @@ def delegate(engine: EngineDep, principal: PrincipalDep, task_id: TaskPath, body
 
 @router.post("/{task_id}/complete", response_model=Completion, summary="Complete the task with variables",
              description="Runs the process on to its next wait states. `nextTasks` are the instance's open "
-                         "tasks the caller may work on.",
+                         "tasks the caller may work on. The variables are checked against the task's form first "
+                         "(422 with `errors: [{path, message}]`; unknown fields are refused); segregation-of-duties "
+                         "rules give 403 naming the rule; missing required consultations give 409 "
+                         "(`consultation pending: <roles>`). When the pack requires a sign-off, the result is "
+                         "stored, `awaitingSignoff` is true and the task waits for the accountable role.",
              responses=problems(400, 401, 403, 404, 409, 422))
 def complete(
     engine: EngineDep,
@@ -101,3 +117,35 @@ def complete(
     body = body or CompleteRequest()
     result = engine.tasks.complete(task_id, principal, body.variables)
     return Completion.model_validate(result.as_dict())
+
+
+@router.post("/{task_id}/signoff", response_model=Completion, summary="Sign off (or reject) a submitted result",
+             description="For tasks whose RACI entry has `signoff: true`: once the responsible completed the task, "
+                         "a holder of the accountable role approves the result (the task completes with it and the "
+                         "process runs on) or rejects it with a `reason` (the task goes back to its submitter). "
+                         "The submitter may not sign off their own result (403); segregation-of-duties rules apply.",
+             responses=problems(400, 401, 403, 404, 409, 422))
+def signoff(engine: EngineDep, principal: PrincipalDep, task_id: TaskPath, body: SignoffRequest) -> Completion:
+    result = engine.tasks.signoff(task_id, principal, body.decision.value, body.reason)
+    return Completion.model_validate(result.as_dict())
+
+
+@router.get("/{task_id}/consultations", response_model=list[ConsultationOut],
+            summary="Opinions recorded on the task by consulted roles", responses=problems(401, 404))
+def list_consultations(engine: EngineDep, _: PrincipalDep, response: Response,
+                       task_id: TaskPath) -> list[ConsultationOut]:
+    items = engine.consultations.list(task_id)
+    set_total(response, len(items))
+    return [ConsultationOut.model_validate(c.as_dict()) for c in items]
+
+
+@router.post("/{task_id}/consultations", response_model=list[ConsultationOut], status_code=status.HTTP_201_CREATED,
+             summary="Record an opinion on the task (consulted roles)",
+             description="The caller must hold one of the task's consulted roles (RACI `consulted`); one record is "
+                         "made per consulted role the caller holds, or for `role` only. With `consultation: "
+                         "required` the task cannot be completed before every consulted role has an opinion.",
+             responses=problems(400, 401, 403, 404, 409, 422))
+def add_consultation(engine: EngineDep, principal: PrincipalDep, task_id: TaskPath,
+                     body: ConsultationRequest) -> list[ConsultationOut]:
+    items = engine.consultations.record(task_id, principal, body.opinion, body.role)
+    return [ConsultationOut.model_validate(c.as_dict()) for c in items]

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -137,6 +138,11 @@ class HumanTask(Base):
     due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_by: Mapped[str | None] = mapped_column(String(255))
+    # sign-off (RACI accountable): "work" while the responsible works on it, "signoff" once the result
+    # was submitted and waits for the accountable role; the submission is kept in pending_json
+    phase: Mapped[str] = mapped_column(String(16), default="work", server_default="work")
+    pending_json: Mapped[str | None] = mapped_column(Text)
+    submitted_by: Mapped[str | None] = mapped_column(String(255))
 
 
 class TaskCandidate(Base):
@@ -259,7 +265,7 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    job_type: Mapped[str] = mapped_column(String(16))  # timer | timer-start | retry | message
+    job_type: Mapped[str] = mapped_column(String(16))  # timer | timer-start | retry | message | signal | webhook
     instance_id: Mapped[str | None] = mapped_column(ForeignKey("process_instance.id", ondelete="CASCADE"))
     definition_id: Mapped[str | None] = mapped_column(String(255))
     spiff_task_id: Mapped[str | None] = mapped_column(String(36))
@@ -271,4 +277,88 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     locked_by: Mapped[str | None] = mapped_column(String(64))
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- process packs ----------------------------------------------------------------------------------
+class Pack(Base):
+    """A process pack applied to this database (one row per distinct content per organisation)."""
+
+    __tablename__ = "pack"
+    __table_args__ = (
+        UniqueConstraint("name", "organisation", "content_hash", name="uq_pack_content"),
+        Index("ix_pack_name_created", "name", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(64))
+    organisation: Mapped[str | None] = mapped_column(String(255))
+    title: Mapped[str | None] = mapped_column(String(512))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    manifest_json: Mapped[str] = mapped_column(Text)  # roles, processes, raci, sod, policies, interfaces
+    applied_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PackDefinition(Base):
+    """Which definition versions a pack application consists of."""
+
+    __tablename__ = "pack_definition"
+
+    pack_id: Mapped[str] = mapped_column(ForeignKey("pack.id", ondelete="CASCADE"), primary_key=True)
+    definition_id: Mapped[str] = mapped_column(ForeignKey("process_definition.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class DefinitionRules(Base):
+    """The pack rules (RACI, SoD, forms, policies) deployed with one definition version. Immutable:
+    running instances keep the rules of the version they started on."""
+
+    __tablename__ = "definition_rules"
+
+    definition_id: Mapped[str] = mapped_column(ForeignKey("process_definition.id"), primary_key=True)
+    pack_name: Mapped[str] = mapped_column(String(255))
+    pack_version: Mapped[str] = mapped_column(String(64))
+    rules_json: Mapped[str] = mapped_column(Text)
+    rules_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Notification(Base):
+    """Outbox of notifications for users (RACI informed); optionally delivered to a webhook."""
+
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_user", "user_id", "read", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(32))  # task_created | task_completed | signoff_rejected
+    instance_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    activity_id: Mapped[str | None] = mapped_column(String(255))
+    definition_key: Mapped[str | None] = mapped_column(String(255))
+    business_key: Mapped[str | None] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text)
+    read: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivery_state: Mapped[str] = mapped_column(String(16), default="none")  # none | pending | delivered | failed
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Consultation(Base):
+    """An opinion recorded on a task by a holder of a RACI consulted role."""
+
+    __tablename__ = "consultation"
+    __table_args__ = (Index("ix_consultation_task", "task_id", "role"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("human_task.id", ondelete="CASCADE"))
+    instance_id: Mapped[str] = mapped_column(String(36))
+    role: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    opinion: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
