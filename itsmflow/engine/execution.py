@@ -27,7 +27,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.item_aware_event import SignalEv
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -108,7 +108,8 @@ def frontier_data(workflow: BpmnWorkflow) -> dict[str, Any]:
         last = workflow.last_task
         if last is not None:
             data.update(last.data)
-    for task in live:
+    # the most recently changed token wins (a timer still waiting on a parallel branch holds older data)
+    for task in sorted(live, key=lambda t: t.last_state_change or 0):
         data.update(task.data)
     data.pop("data_objects", None)
     data.update({k: v for k, v in (workflow.data.get("data_objects") or {}).items() if v is not None})
@@ -133,6 +134,7 @@ class Execution:
     jobs: list[Job] = field(default_factory=list)  # outbox (thrown messages/signals) and retries
     retry: RetryPolicy | None = None
     retry_job: Job | None = None  # set when this command is a retry of a failed step
+    new_message_wait: bool = False  # set on persist: the instance now waits for a message it did not before
     _before: dict[str, dict[str, Any]] = field(default_factory=dict)
     _thrown: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -317,7 +319,8 @@ class ConcurrentModification(Conflict):
     """Another writer changed the instance after we read it (optimistic lock lost)."""
 
 
-AfterCommit = Callable[[str, list[Job]], None]
+# (instance id, jobs the command created, whether it started waiting for a new message)
+AfterCommit = Callable[[str, list[Job], bool], None]
 # called in the command's transaction for every new human task row (notifications, ...)
 TaskCreatedHook = Callable[["Execution", HumanTask], None]
 # variables every new instance of a definition starts with (pack policies, ...); they override
@@ -340,10 +343,10 @@ class Executor:
         self.on_task_created: list[TaskCreatedHook] = []
         self.start_variables: list[StartVariables] = []
 
-    def _committed(self, instance_id: str, jobs: list[Job]) -> None:
+    def _committed(self, instance_id: str, jobs: list[Job], new_message_wait: bool = False) -> None:
         for listener in self.after_commit:
             try:
-                listener(instance_id, jobs)
+                listener(instance_id, jobs, new_message_wait)
             except Exception:  # noqa: BLE001 - the command has committed; the job executor retries
                 log.exception("after-commit processing failed for instance %s", instance_id)
 
@@ -410,6 +413,7 @@ class Executor:
                 self._persist(ex, insert=True)
                 session.commit()
                 jobs = list(ex.jobs)
+                new_wait = ex.new_message_wait
             except IntegrityError as exc:
                 session.rollback()
                 raise Conflict(
@@ -420,7 +424,7 @@ class Executor:
                 if not is_contention(exc):
                     raise
                 raise Conflict(f"the database was busy; retry ({exc.orig})") from exc
-        self._committed(instance_id, jobs)
+        self._committed(instance_id, jobs, new_wait)
         return instance_id
 
     def run(self, instance_id: str, actor: str | None, command: Callable[[Execution], T], *, attempts: int = 3) -> T:
@@ -454,6 +458,7 @@ class Executor:
                 self._persist(ex, insert=False)
                 session.commit()
                 jobs = list(ex.jobs)
+                new_wait = ex.new_message_wait
             except ConcurrentModification:
                 session.rollback()
                 raise
@@ -464,7 +469,7 @@ class Executor:
                 raise ConcurrentModification(
                     f"process instance {instance_id} was changed concurrently; reload and retry"
                 ) from exc
-        self._committed(instance_id, jobs)
+        self._committed(instance_id, jobs, new_wait)
         return result
 
     def load_workflow(self, instance_id: str) -> tuple[ProcessInstance, CachedDefinition, BpmnWorkflow]:
@@ -532,6 +537,9 @@ class Executor:
                 .where(HumanTask.id.in_(gone_ids), HumanTask.state == "open")
                 .values(state="cancelled", completed_at=now)
             )
+        closed = list(ex.completed_task_ids) + list(gone_ids)
+        if closed:  # candidate rows serve inbox queries of open tasks only: keep that index small
+            session.execute(delete(TaskCandidate).where(TaskCandidate.task_id.in_(closed)))
         for task_row, candidates in new_tasks:
             session.add(task_row)
         session.flush()
@@ -540,7 +548,8 @@ class Executor:
                 session.add(TaskCandidate(task_id=task_row.id, kind=kind, value=value))
         for incident in ex.incidents:
             session.add(incident)
-        sync_waits(session, row.id, row.business_key, wf if state in RUNNING_STATES else None, first_write=insert)
+        ex.new_message_wait = sync_waits(session, row.id, row.business_key, wf if state in RUNNING_STATES else None,
+                                         first_write=insert)
         for job in ex.jobs:
             session.add(job)
         ex.audit.write(session)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .clock import iso, utcnow
@@ -123,7 +123,10 @@ class AuditWriter:
         return row
 
     def write(self, session: Session) -> None:
-        session.add_all(self._rows)
+        """Insert the pending events in one statement (executemany)."""
+        if self._rows:
+            cols = ("scope", "seq", "at", "actor", "type", "activity_id", "task_id", "data_json", "prev_hash", "hash")
+            session.execute(insert(HistoryEvent), [{c: getattr(r, c) for c in cols} for r in self._rows])
         self._rows = []
 
 

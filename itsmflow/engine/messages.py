@@ -135,10 +135,11 @@ class MessageService:
             return session.execute(delete(BufferedMessage).where(BufferedMessage.expires_at <= utcnow())).rowcount
 
     # -- after-commit hook ----------------------------------------------------------------
-    def _after_commit(self, instance_id: str, jobs: list[Job]) -> None:
+    def _after_commit(self, instance_id: str, jobs: list[Job], new_message_wait: bool = True) -> None:
         queue = self._queue()
         queue.extend(j for j in jobs if j.job_type in ("message", "signal"))
-        queue.append(("buffered", instance_id))
+        if new_message_wait:
+            queue.append(("buffered", instance_id))
         if not getattr(self._local, "draining", False):
             self._drain()
 

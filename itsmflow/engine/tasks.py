@@ -182,6 +182,7 @@ class TaskService:
         state: str = "open",
         page: int = 1,
         size: int = 50,
+        with_total: bool = True,
     ) -> tuple[list[TaskView], int]:
         """Inbox query on the task table (indexed; no instance is loaded)."""
         if state not in TASK_STATES:
@@ -193,19 +194,22 @@ class TaskService:
         q = select(HumanTask).where(HumanTask.state == state)
         if assignee is not None:
             q = q.where(HumanTask.assignee == assignee)
+        # Candidate filters drive the query from the candidate index (kind, value, task_id):
+        # only the tasks of those roles/users are visited, however many other tasks are open.
+        # Candidate rows exist for open tasks only.
         if candidate_role is not None:
-            q = q.where(exists().where(
-                TaskCandidate.task_id == HumanTask.id, TaskCandidate.kind == "role", TaskCandidate.value == candidate_role
+            q = q.where(HumanTask.id.in_(
+                select(TaskCandidate.task_id).where(TaskCandidate.kind == "role", TaskCandidate.value == candidate_role)
             ))
         if candidate_user is not None:
             user = self.directory.get(candidate_user)
             roles = sorted(user.roles) if user else []
-            cand = or_(
-                (TaskCandidate.kind == "user") & (TaskCandidate.value == candidate_user),
-                (TaskCandidate.kind == "role") & TaskCandidate.value.in_(roles) if roles else False,
-            )
+            by_user = select(TaskCandidate.task_id).where(TaskCandidate.kind == "user",
+                                                          TaskCandidate.value == candidate_user)
+            wanted = by_user.union(select(TaskCandidate.task_id).where(
+                TaskCandidate.kind == "role", TaskCandidate.value.in_(roles))) if roles else by_user
             q = q.where(
-                exists().where(TaskCandidate.task_id == HumanTask.id, cand),
+                HumanTask.id.in_(wanted),
                 or_(HumanTask.assignee.is_(None), HumanTask.assignee == candidate_user),
             )
         if business_key is not None:
@@ -217,10 +221,15 @@ class TaskService:
         if process_instance_id is not None:
             q = q.where(HumanTask.instance_id == process_instance_id)
         with self._sessions() as session:
-            total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
             rows = session.scalars(
                 q.order_by(HumanTask.created_at, HumanTask.id).offset((page - 1) * size).limit(size)
             ).all()
+            if not with_total:
+                return [task_view(r) for r in rows], len(rows)
+            if page == 1 and len(rows) < size:
+                total = len(rows)  # everything fitted on the first page: no need to count
+            else:
+                total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
             return [task_view(r) for r in rows], total
 
     def variables(self, task_id: str) -> dict[str, Any]:
@@ -312,7 +321,7 @@ class TaskService:
 
         self._executor.run(task.process_instance_id, principal.user_id, command)
         instance = self._runtime.get(task.process_instance_id)
-        open_tasks, _ = self.query(process_instance_id=task.process_instance_id, size=500)
+        open_tasks, _ = self.query(process_instance_id=task.process_instance_id, size=500, with_total=False)
         return CompletionResult(instance, [t for t in open_tasks if may_work_on(t, principal)],
                                 awaiting_signoff=outcome.get("signoff", False))
 
@@ -377,7 +386,7 @@ class TaskService:
 
         self._executor.run(task.process_instance_id, principal.user_id, command)
         instance = self._runtime.get(task.process_instance_id)
-        open_tasks, _ = self.query(process_instance_id=task.process_instance_id, size=500)
+        open_tasks, _ = self.query(process_instance_id=task.process_instance_id, size=500, with_total=False)
         return CompletionResult(instance, [t for t in open_tasks if may_work_on(t, principal)])
 
     def pending_variables(self, task_id: str) -> dict[str, Any] | None:

@@ -135,8 +135,10 @@ def current_waits(workflow: BpmnWorkflow) -> list[Wait]:
 
 
 def sync_waits(session: Session, instance_id: str, business_key: str | None, workflow: BpmnWorkflow | None,
-               *, first_write: bool) -> None:
-    """Make the instance's subscription and timer-job rows match what the workflow waits for."""
+               *, first_write: bool) -> bool:
+    """Make the instance's subscription and timer-job rows match what the workflow waits for.
+
+    Returns whether a new message subscription was added (a buffered message may be waiting for it)."""
     waits = current_waits(workflow) if workflow is not None else []
     now = utcnow()
 
@@ -153,9 +155,11 @@ def sync_waits(session: Session, instance_id: str, business_key: str | None, wor
     stale = [sid for key, sid in existing_subs.items() if key not in wanted_subs]
     if stale:
         session.execute(delete(EventSubscription).where(EventSubscription.id.in_(stale)))
+    new_message_wait = False
     for key, w in wanted_subs.items():
         if key in existing_subs:
             continue
+        new_message_wait = new_message_wait or w.kind == "message"
         ckey, cjson = canonical_correlation(w.correlation)
         session.add(EventSubscription(
             id=str(uuid.uuid4()), event_type=w.kind, event_name=w.name, kind="catch", instance_id=instance_id,
@@ -182,3 +186,4 @@ def sync_waits(session: Session, instance_id: str, business_key: str | None, wor
             id=str(uuid.uuid4()), job_type="timer", instance_id=instance_id, spiff_task_id=w.spiff_task_id,
             activity_id=w.activity_id, due_at=w.due_at, payload_json="{}", created_at=now,
         ))
+    return new_message_wait
