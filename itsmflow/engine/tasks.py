@@ -198,20 +198,20 @@ class TaskService:
         # only the tasks of those roles/users are visited, however many other tasks are open.
         # Candidate rows exist for open tasks only.
         if candidate_role is not None:
-            q = q.where(HumanTask.id.in_(
-                select(TaskCandidate.task_id).where(TaskCandidate.kind == "role", TaskCandidate.value == candidate_role)
-            ))
+            by_role = select(TaskCandidate.task_id.label("task_id")).where(
+                TaskCandidate.kind == "role", TaskCandidate.value == candidate_role).subquery("role_ids")
+            q = q.join(by_role, by_role.c.task_id == HumanTask.id)
         if candidate_user is not None:
             user = self.directory.get(candidate_user)
             roles = sorted(user.roles) if user else []
-            by_user = select(TaskCandidate.task_id).where(TaskCandidate.kind == "user",
-                                                          TaskCandidate.value == candidate_user)
+            by_user = select(TaskCandidate.task_id.label("task_id")).where(
+                TaskCandidate.kind == "user", TaskCandidate.value == candidate_user)
             wanted = by_user.union(select(TaskCandidate.task_id).where(
                 TaskCandidate.kind == "role", TaskCandidate.value.in_(roles))) if roles else by_user
-            q = q.where(
-                HumanTask.id.in_(wanted),
-                or_(HumanTask.assignee.is_(None), HumanTask.assignee == candidate_user),
-            )
+            ids = wanted.subquery("candidate_ids")
+            # join from the (small) set of the user's candidate task ids to the task rows by primary key
+            q = q.join(ids, ids.c.task_id == HumanTask.id).where(
+                or_(HumanTask.assignee.is_(None), HumanTask.assignee == candidate_user))
         if business_key is not None:
             q = q.where(HumanTask.business_key == business_key)
         if definition_key is not None:
