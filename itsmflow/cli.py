@@ -153,6 +153,20 @@ def serve(
         raise typer.Exit(2)
 
 
+@app.command()
+def demo() -> None:
+    """Run a full normal change end to end against a temporary database, printing progress."""
+    from .demo import run_demo
+
+    try:
+        ok = run_demo(out)
+    except EngineError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2)
+    if not ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

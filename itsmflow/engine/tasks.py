@@ -409,6 +409,9 @@ class TaskService:
             "name": task.name,
             "assignee": task.assignee,
             "owner": task.owner,
+            # what was submitted (a decision repeated on a loop-back is still a decision) …
+            "submitted": to_json_compatible(values),
+            # … and which instance variables it changed
             "changes": {k: {"old": to_json_compatible(before[k]), "new": to_json_compatible(v)}
                         for k, v in values.items() if before.get(k) != v},
         }
