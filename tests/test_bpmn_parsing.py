@@ -23,7 +23,9 @@ from itsmflow.engine.bpmn import (
 from itsmflow.engine.errors import DeploymentInvalid, SourceIssue
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bpmn"
-CORPUS = Path("/work/shared/corpus")
+# the shared corpus sits beside the checkout (../shared); /work/shared on the developers' machines
+CORPUS = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "corpus", Path("/work/shared/corpus"))
+               if p.is_dir()), Path(__file__).resolve().parents[2] / "shared" / "corpus")
 MIWG = CORPUS / "miwg"
 VENDORS = CORPUS / "miwg-vendors"
 
