@@ -37,27 +37,7 @@ FORM_PREFIXES = ("incident_", "request_", "major_", "problem_")
 #: the policies these processes read (preapproved_models belongs to the change processes)
 POLICY_NAMES = ("incident_priority", "incident_targets", "major_incident", "escalation", "problem")
 
-NS = {
-    "bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",
-    "bpmndi": "http://www.omg.org/spec/BPMN/20100524/DI",
-    "dc": "http://www.omg.org/spec/DD/20100524/DC",
-    "di": "http://www.omg.org/spec/DD/20100524/DI",
-    "camunda": "http://camunda.org/schema/1.0/bpmn",
-}
-CAMUNDA = "{%s}" % NS["camunda"]
-
-#: role ids fixed by the external contract (shared/reference/contract.md)
-CONTRACT_ROLES = {
-    "change-initiator", "change-manager", "change-authority", "cab-member", "change-builder",
-    "independent-tester", "change-implementer", "configuration-manager", "service-desk", "incident-manager",
-    "major-incident-manager", "problem-manager", "release-manager", "deployment-manager", "test-manager",
-    "service-level-manager", "service-owner", "customer",
-}
-FLOW_NODES = ("startEvent", "endEvent", "intermediateThrowEvent", "intermediateCatchEvent", "boundaryEvent",
-              "userTask", "scriptTask", "serviceTask", "sendTask", "receiveTask", "manualTask", "task",
-              "exclusiveGateway", "parallelGateway", "inclusiveGateway", "eventBasedGateway", "callActivity",
-              "subProcess")
-SIZES = {"task": (100, 80), "event": (36, 36), "gateway": (50, 50)}
+from .bpmn_content import CAMUNDA, CONTRACT_ROLES, FLOW_NODES, NS, SIZES
 
 #: messages each process throws and catches, by name (the pack's interfaces)
 MESSAGES = {
