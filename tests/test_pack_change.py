@@ -31,6 +31,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from itsmflow.settings import REPO_ROOT, Settings
+from itsmflow.demo import RFC as DEMO_RFC
 
 ISO_PACK = REPO_ROOT / "process_packs" / "iso20000"
 EXAMPLE_ORG = ISO_PACK / "orgs" / "example"
@@ -230,19 +231,7 @@ def reached(events: list[dict], activity: str) -> bool:
 
 # -- pack data ----------------------------------------------------------------------------------------
 RFC = {
-    "summary": "Upgrade the mail gateway to 10.2",
-    "description": "Replace the mail gateway software on both nodes, one node at a time.",
-    "purpose": "Vendor support for 9.x ends; 10.2 fixes the spam filter bypass.",
-    "affectedServices": ["mail"],
-    "affectedCis": [{"ciId": "mailgw-01", "ciType": "application", "version": "9.8"},
-                    {"ciId": "mailgw-02", "ciType": "application", "version": "9.8"}],
-    "impactedCustomers": ["All business units"],
-    "impactedUsers": {"count": 1200, "locations": ["Head office"]},
-    "requestedPriority": "medium",
-    "initialRisk": "medium",
-    "impactDescription": "Mail delivery is delayed by a few minutes while each node restarts.",
-    "estimatedCost": 4000,
-    "backOutPlan": {"approach": "reverse", "steps": "Reinstall 9.8 from the saved package.", "tested": True},
+    **DEMO_RFC,  # the sample RFC of `itsmflow demo`
     "requestedWindow": {"start": "2030-03-09T20:00:00Z", "end": "2030-03-09T23:00:00Z"},
 }
 SIGNIFICANT = {"category": "significant", "risk": "medium", "priority": "medium", "businessImpact": "medium"}

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from itsmflow.engine.bpmn import parse_deployment
 from itsmflow.engine.directory import Directory
 from itsmflow.engine.sandbox import check_expression, run_script
+from itsmflow.demo import RFC as DEMO_RFC
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = ROOT / "process_packs" / "iso20000"
@@ -425,20 +426,7 @@ def complete(engine, instance_id, key, user, data, path):
 
 
 RFC = {
-    "summary": "Upgrade the mail gateway to 10.2",
-    "description": "Replace the mail gateway software on both nodes, one node at a time.",
-    "purpose": "Vendor support for 9.x ends; 10.2 fixes the spam filter bypass.",
-    "affectedServices": ["mail"],
-    "affectedCis": [{"ciId": "mailgw-01", "ciType": "application", "version": "9.8"},
-                    {"ciId": "mailgw-02", "ciType": "application", "version": "9.8"}],
-    "impactedCustomers": ["All business units"],
-    "impactedUsers": {"count": 1200, "locations": ["Head office"]},
-    "requestedPriority": "medium",
-    "initialRisk": "medium",
-    "impactDescription": "Mail delivery is delayed by a few minutes while each node restarts.",
-    "estimatedCost": 4000,
-    "backOutPlan": {"approach": "reverse", "steps": "Reinstall 9.8 from the saved package and restore the "
-                                                    "configuration backup.", "tested": True},
+    **DEMO_RFC,  # the sample RFC of `itsmflow demo`
     "requestedWindow": {"start": "2030-03-09T20:00:00Z", "end": "2030-03-09T23:00:00Z"},
 }
 
