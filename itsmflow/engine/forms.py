@@ -70,10 +70,13 @@ def json_path(parts: Iterable[Any]) -> str:
 class Form:
     """A compiled form: schema, optional UI schema, and the submission check."""
 
-    def __init__(self, key: str, schema: dict[str, Any], ui_schema: dict[str, Any] | None = None) -> None:
+    def __init__(self, key: str, schema: dict[str, Any], ui_schema: dict[str, Any] | None = None,
+                 missing: dict[str, Any] | None = None) -> None:
         self.key = key
         self.schema = schema
         self.ui_schema = ui_schema
+        #: values of fields neither submitted nor set yet (Camunda generated forms submit every field)
+        self.missing = missing or {}
         self._validator = Draft202012Validator(schema, format_checker=FORMAT_CHECKER)
 
     @property
@@ -106,7 +109,11 @@ class Form:
             unique = [i for i in issues if (i.path, i.message) not in seen and not seen.add((i.path, i.message))]
             detail = "; ".join(f"{i.path}: {i.message}" for i in unique[:10])
             raise ValidationFailed(f"the submitted data does not match form {self.key!r}: {detail}", unique)
-        return {k: v for k, v in submitted.items() if k in fields and k not in read_only}
+        out = {k: v for k, v in submitted.items() if k in fields and k not in read_only}
+        for name, value in self.missing.items():
+            if name not in out and name not in current:
+                out[name] = value
+        return out
 
     def values(self, data: dict[str, Any]) -> dict[str, Any]:
         """The current values of the form's fields (what a client pre-fills)."""
@@ -215,15 +222,144 @@ def check_form_schema(schema: Any) -> list[str]:
     return out
 
 
+# -- Camunda generated forms (camunda:formData / camunda:formField) -----------------------------------
+#: Camunda 7 form field types -> JSON Schema
+FORMFIELD_TYPES: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "long": {"type": "integer"},
+    "integer": {"type": "integer"},
+    "short": {"type": "integer"},
+    "double": {"type": "number"},
+    "boolean": {"type": "boolean"},
+    "date": {"type": "string", "format": "date-time"},
+    "enum": {"type": "string"},
+}
+#: Camunda 7 built-in validation constraints -> JSON Schema keyword (None: handled specially)
+FORMFIELD_CONSTRAINTS = {"required": None, "readonly": None, "minlength": "minLength", "maxlength": "maxLength",
+                         "min": "minimum", "max": "maximum"}
+
+
+def formfield_problems(field: dict[str, Any]) -> list[str]:
+    """Why a ``camunda:formField`` (as extracted into the process model) cannot become a form field."""
+    out = []
+    fid, ftype = field.get("id"), field.get("type") or "string"
+    if not isinstance(fid, str) or not fid.isidentifier() or fid.startswith("_"):
+        out.append(f"camunda:formField id {fid!r} must be a variable name (an identifier not starting with _)")
+    elif fid in RESERVED_NAMES or fid == "policies":
+        out.append(f"camunda:formField '{fid}': the name is reserved by the engine")
+    if ftype not in FORMFIELD_TYPES:
+        out.append(f"camunda:formField '{fid}': type {ftype!r} is not supported "
+                   f"(supported: {', '.join(sorted(FORMFIELD_TYPES))})")
+        return out
+    for c in field.get("validation") or []:
+        name, config = c.get("name"), c.get("config")
+        if name not in FORMFIELD_CONSTRAINTS:
+            out.append(f"camunda:formField '{fid}': validation constraint {name!r} is not supported "
+                       f"(supported: {', '.join(FORMFIELD_CONSTRAINTS)})")
+        elif FORMFIELD_CONSTRAINTS[name] is not None:
+            try:
+                float(config) if name in ("min", "max") else int(config)
+            except (TypeError, ValueError):
+                out.append(f"camunda:formField '{fid}': constraint {name} needs a number, not {config!r}")
+    default = field.get("default_value")
+    if default is not None and "${" not in default and "#{" not in default:
+        try:
+            _typed_default(ftype, default)
+        except ValueError as exc:
+            out.append(f"camunda:formField '{fid}': defaultValue {default!r}: {exc}")
+    return out
+
+
+def _typed_default(ftype: str, value: str) -> Any:
+    if ftype in ("long", "integer", "short"):
+        return int(value)
+    if ftype == "double":
+        return float(value)
+    if ftype == "boolean":
+        if value not in ("true", "false"):
+            raise ValueError("a boolean default must be true or false")
+        return value == "true"
+    return value
+
+
+def formfield_schema(fields: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``camunda:formField`` list (``ProcessModel`` form fields) -> (JSON Schema, uiSchema or None).
+
+    Types map as in :data:`FORMFIELD_TYPES`; ``enum`` values become ``enum`` (their names go to the
+    uiSchema as ``ui:enumNames``); constraints ``required``, ``readonly``, ``minlength``, ``maxlength``,
+    ``min``, ``max`` map to ``required``, ``readOnly``, ``minLength``, ``maxLength``, ``minimum``,
+    ``maximum``; a literal ``defaultValue`` becomes ``default``; ``label`` becomes ``title``.
+    Call :func:`formfield_problems` first (deploy time): this assumes valid fields. As with Camunda's
+    generated forms (which submit every field), a field not submitted is set to its default or null."""
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    ui: dict[str, Any] = {"ui:order": []}
+    for field in fields:
+        fid, ftype = field["id"], field.get("type") or "string"
+        prop: dict[str, Any] = dict(FORMFIELD_TYPES[ftype])
+        if field.get("label"):
+            prop["title"] = field["label"]
+        if ftype == "enum":
+            values = field.get("values") or []
+            prop["enum"] = [v.get("id") for v in values]
+            ui[fid] = {"ui:enumNames": [v.get("name") or v.get("id") for v in values]}
+        default = field.get("default_value")
+        if default is not None and "${" not in default and "#{" not in default:
+            prop["default"] = _typed_default(ftype, default)
+        for c in field.get("validation") or []:
+            name, config = c.get("name"), c.get("config")
+            if name == "required":
+                required.append(fid)
+            elif name == "readonly":
+                prop["readOnly"] = True
+            elif name in ("minlength", "maxlength"):
+                prop[FORMFIELD_CONSTRAINTS[name]] = int(config)
+            elif name in ("min", "max"):
+                number = float(config)
+                prop[FORMFIELD_CONSTRAINTS[name]] = int(number) if number.is_integer() else number
+        props[fid] = prop
+        ui["ui:order"].append(fid)
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema, ui
+
+
 # -- the service: forms of tasks and start events, and the checks on submissions ---------------------
 class FormService:
-    """Forms come from the pack rules of the definition version (:class:`~itsmflow.engine.rules.Rules`).
-    A ``formKey`` without a form in the rules (a definition deployed without a pack) is not checked."""
+    """Forms come from the pack rules of the definition version (:class:`~itsmflow.engine.rules.Rules`);
+    without one, from the ``camunda:formField`` elements of the task or start event (Camunda generated
+    forms, :func:`formfield_schema`). A ``formKey`` naming neither (e.g. an embedded HTML form of a
+    definition deployed without a pack) is not checked."""
 
     def __init__(self, repository: Any, tasks: Any, rules: Any) -> None:
         self._repository = repository
         self._tasks = tasks
         self._rules = rules
+        self._generated: dict[tuple[str, str | None], Form | None] = {}  # definitions are immutable
+
+    def _generated_form(self, definition_id: str, task_key: str | None) -> Form | None:
+        """The form generated from ``camunda:formField`` of a user task (or, for None, the start event)."""
+        cache_key = (definition_id, task_key)
+        if cache_key not in self._generated:
+            model = self._repository.model(definition_id)
+            if task_key is None:
+                fields = model.get("start_form_fields") or []
+            else:
+                fields = ((model.get("user_tasks") or {}).get(task_key) or {}).get("form_fields") or []
+            form = None
+            if fields:
+                schema, ui = formfield_schema(fields)
+                missing = {name: prop.get("default") for name, prop in schema["properties"].items()
+                           if not prop.get("readOnly")}
+                form = Form(f"{task_key or 'start'} (camunda:formData)", schema, ui, missing)
+            self._generated[cache_key] = form
+        return self._generated[cache_key]
+
+    def _task_form_of(self, task: Any, session: Any = None) -> Form | None:
+        rules = self._rules.get(task.definition_id, session)
+        form = rules.form(task.form_key) if rules is not None else None
+        return form if form is not None else self._generated_form(task.definition_id, task.task_definition_key)
 
     def start_form(self, key: str) -> dict[str, Any]:
         """``{schema, uiSchema?}`` of the latest version's start form (an empty object schema if none)."""
@@ -239,21 +375,23 @@ class FormService:
         pending = self._tasks.pending_variables(task_id) if task.phase == "signoff" else None
         if pending:
             data = {**data, **pending}
-        rules = self._rules.get(task.definition_id)
-        form = rules.form(task.form_key) if rules is not None else None
+        form = self._task_form_of(task)
         if form is None:
             return {"schema": dict(EMPTY_FORM_SCHEMA), "data": data}
         return form.view(data)
 
     def _start_form_of(self, definition_id: str) -> Form | None:
         rules = self._rules.get(definition_id)
-        return rules.form(rules.start_form) if rules is not None and rules.start_form else None
+        if rules is not None and rules.start_form:
+            form = rules.form(rules.start_form)
+            if form is not None:
+                return form
+        return self._generated_form(definition_id, None)
 
     # -- checks ------------------------------------------------------------------------------
     def completion_check(self, ex: Any, task: Any, principal: Any, values: dict[str, Any]) -> dict[str, Any]:
         """``TaskService.completion_checks`` hook: validate against the task's form."""
-        rules = self._rules.get(task.definition_id, ex.session)
-        form = rules.form(task.form_key) if rules is not None else None
+        form = self._task_form_of(task, ex.session)
         if form is None:
             return values
         current = ex.ready_task(task.id).data

@@ -133,6 +133,9 @@ class RuntimeService:
         for check in self.start_checks:
             variables = check(info.id, variables)
         definition = self._cache.get(info.id)
+        initiator = definition.model.get("start_initiator")  # camunda:initiator="var": var = the starting user
+        if initiator and principal is not None:
+            variables = {**variables, initiator: principal.user_id}
         instance_id = self._executor.start(
             definition, business_key=business_key, variables=variables, actor=principal.user_id if principal else None
         )

@@ -170,6 +170,11 @@ def _lane_for(el: etree._Element, lanes: dict, process_el: etree._Element) -> tu
     return None, None
 
 
+def form_fields(el: etree._Element) -> list[dict]:
+    """``camunda:formData/camunda:formField`` of a user task or start event, as plain dicts."""
+    return _form_fields(el)
+
+
 def _form_fields(el: etree._Element) -> list[dict]:
     fields = []
     for f in el.xpath("./bpmn:extensionElements/camunda:formData/camunda:formField", namespaces=NS):
@@ -318,6 +323,7 @@ def build_process_model(
         elif name == "startEvent" and parent is None and not defs:
             model.start_form_key = model.start_form_key or camunda(el, "formKey")
             model.start_initiator = model.start_initiator or camunda(el, "initiator")
+            model.start_form_fields = model.start_form_fields or _form_fields(el)
         elif name == "callActivity":
             add(model.called_processes, el.get("calledElement"))
         elif name == "businessRuleTask":
@@ -369,6 +375,7 @@ def build_collaborations(doc: XmlDocument, index: DocumentIndex) -> list[Collabo
 # --- structural checks (collect every problem, unlike SpiffWorkflow which stops at the first) ---------
 
 PYTHON_LANGUAGES = {"python", "python3", "py", "text/x-python", "text/python", "application/x-python"}
+from .juel import JUEL_LANGUAGES  # noqa: E402  (language values that select JUEL)
 RESERVED_IDS = {"Start", "End", "StartEventSplit", "StartEventJoin"}
 RESERVED_SUFFIXES = (".EndJoin", ".BoundaryEventSplit", ".BoundaryEventJoin", " [child]")
 
@@ -388,7 +395,8 @@ def check_structure(doc: XmlDocument, process_el: etree._Element) -> list[Source
             issues.append(doc.issue(el, f"scriptTask '{el.get('id')}': scriptFormat '{fmt}' is not supported (scripts are Python)"))
     for el in process_el.iter(q("conditionExpression")):
         lang = (el.get("language") or "").strip()
-        if lang and lang.lower() not in PYTHON_LANGUAGES and "python" not in lang.lower():
+        if lang and lang.lower() not in PYTHON_LANGUAGES and "python" not in lang.lower() \
+                and lang.lower() not in JUEL_LANGUAGES:
             owner = el.getparent()
             issues.append(doc.issue(owner, f"{local(owner)} '{owner.get('id')}': expression language '{lang}' is not supported (expressions are Python)"))
     containers = [process_el] + [e for e in process_el.iter() if e is not process_el and is_bpmn(e, *CONTAINER_TAGS)]

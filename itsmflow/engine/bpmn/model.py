@@ -57,6 +57,7 @@ class ProcessModel:
     version_tag: str | None = None
     start_form_key: str | None = None
     start_initiator: str | None = None
+    start_form_fields: list[dict[str, Any]] = field(default_factory=list)  # camunda:formField of the start event
     candidate_starter_groups: list[str] = field(default_factory=list)
     candidate_starter_users: list[str] = field(default_factory=list)
     properties: dict[str, str | None] = field(default_factory=dict)

@@ -44,6 +44,7 @@ from SpiffWorkflow.dmn.parser.DMNParser import DMNParser
 
 from itsmflow.engine.errors import DeploymentInvalid, SourceIssue
 
+from . import camunda as dialect
 from . import metadata as md
 from .model import (
     CollaborationModel,
@@ -125,16 +126,26 @@ class _ScriptTaskParser(CamundaScriptTaskParser, CamundaTaskParser):
     elementVariable) and camunda:properties; combine both."""
 
 
+def _with_io(cls):
+    """Camunda ``camunda:inputOutput`` support (:mod:`.camunda`) for a task parser class."""
+    return type(f"_Io{cls.__name__}", (dialect.IoParserMixin, cls), {})
+
+
 class _DeploymentParser(CamundaParser):
     PROCESS_PARSER_CLASS = _ProcessParser
     OVERRIDE_PARSER_CLASSES = {
         **CamundaParser.OVERRIDE_PARSER_CLASSES,
+        **{
+            full_tag(tag): (_with_io(CamundaParser.OVERRIDE_PARSER_CLASSES[full_tag(tag)][0]),
+                            CamundaParser.OVERRIDE_PARSER_CLASSES[full_tag(tag)][1])
+            for tag in ("userTask", "manualTask", "task")
+        },
         full_tag("businessRuleTask"): (_BusinessRuleTaskParser, BusinessRuleTask),
-        full_tag("scriptTask"): (_ScriptTaskParser, ScriptTask),
+        full_tag("scriptTask"): (_with_io(_ScriptTaskParser), ScriptTask),
         full_tag("sendTask"): (_SendTaskParser, SendTask),
         full_tag("receiveTask"): (_ReceiveTaskParser, ReceiveTask),
         # a service task is left STARTED by SpiffWorkflow (nothing runs it): the engine completes it
-        full_tag("serviceTask"): (CamundaTaskParser, ServiceTask),
+        full_tag("serviceTask"): (_with_io(CamundaTaskParser), ServiceTask),
         **{
             full_tag(tag): (_with_payload_default(parser_cls), spec_cls)
             for tag, (parser_cls, spec_cls) in (
@@ -439,10 +450,14 @@ def parse_deployment(
 
     declared_exec = {pid for pid, (_, el) in process_elements.items() if md.is_executable_flag(el)}
 
+    # Camunda 7 dialect (JUEL, unquoted ISO timers, camunda:inputOutput): SpiffWorkflow gets an
+    # execution copy of each tree with the translated expressions; problems are located on the original
+    dialects = {d.name: dialect.normalise(d.tree) for d in bpmn_docs}
+
     def new_parser() -> _DeploymentParser:
         p = _DeploymentParser()
         for d in bpmn_docs:
-            p.add_bpmn_xml(d.tree, filename=d.name)
+            p.add_bpmn_xml(dialects[d.name].tree, filename=d.name)
         for d in dmn_docs:
             if d.name not in dmn_with_decision:
                 continue
@@ -516,6 +531,7 @@ def parse_deployment(
                     block(affected, problem)
 
     # ---- stage 3: each executable process -------------------------------------------------------
+    dialect_problems: dict[str, list[SourceIssue]] = {}
     specs: dict[str, Any] = {}
     subprocess_specs: dict[str, dict[str, Any]] = {}
     to_build: list[str] = []
@@ -523,11 +539,20 @@ def parse_deployment(
         if pid not in declared_exec:
             continue
         structural = md.check_structure(doc, proc)
+        ddoc = dialects[doc.name]
+        # reported after the spec build's problems (those say more about what the engine cannot run)
+        dialect_problems[pid] = [doc.issue(el, msg) for el, msg in ddoc.problems if _inside(el, proc)]
         for problem in structural:
             block([pid], problem)
         if script_validator is not None:
-            for el, what, expr in md.iter_process_expressions(proc):
-                problem = _check_expression(script_validator, doc, el, what, expr)
+            copy_proc = ddoc.translated(proc)
+            expressions = list(md.iter_process_expressions(copy_proc))
+            for node in copy_proc.iter():
+                expressions.extend(dialect.iter_io_expressions(node) if md.is_bpmn(node) else ())
+            for el, what, expr in expressions:
+                if el in ddoc.failed:
+                    continue  # its JUEL was refused above
+                problem = _check_expression(script_validator, doc, ddoc.original.get(el, el), what, expr)
                 if problem:
                     block([pid], problem)
         if not structural:  # else SpiffWorkflow would only re-report the first of them
@@ -561,6 +586,10 @@ def parse_deployment(
             block([pid], problem)
             continue
         specs[pid], subprocess_specs[pid] = spec, subs
+
+    for pid, problems in dialect_problems.items():
+        for problem in problems:
+            block([pid], problem)
 
     # a process calling a process that cannot run cannot run either
     changed = True
@@ -671,6 +700,10 @@ def _check_expression(validator: ScriptValidator, doc: XmlDocument, el, what: st
     return None
 
 
+def _inside(el, container) -> bool:
+    return any(a is container for a in el.iterancestors()) or el is container
+
+
 def _uses_decision(process_el, decision_id: str) -> bool:
     return any(
         bt.get("{%s}decisionRef" % md.CAMUNDA_NS) == decision_id
@@ -691,10 +724,11 @@ def _uses_any_decision(process_el, dmn_doc: XmlDocument) -> bool:
 SPEC_FORMAT = "itsmflow.spiff-spec/1"
 
 #: Serializer configuration matching the specs produced here: SpiffWorkflow's Camunda configuration
-#: plus the plain BPMN ``ServiceTask`` (which the Camunda configuration lacks). The engine must use
+#: plus the plain BPMN ``ServiceTask`` (which the Camunda configuration lacks) and the task specs with
+#: Camunda input/output mappings (:mod:`.camunda`). The engine must use
 #: the same configuration to serialise workflow instances:
 #: ``BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(SERIALIZER_CONFIG))``.
-SERIALIZER_CONFIG = {**CAMUNDA_CONFIG, ServiceTask: BpmnTaskSpecConverter}
+SERIALIZER_CONFIG = {**CAMUNDA_CONFIG, ServiceTask: BpmnTaskSpecConverter, **dialect.IO_SERIALIZER_CONFIG}
 
 
 @lru_cache(maxsize=1)
