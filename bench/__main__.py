@@ -1,4 +1,4 @@
-"""``python -m bench <suite> [options]`` — suites: engine, http, scale, long (or all)."""
+"""``python -m bench <suite> [options]`` — suites: engine, http, scale, long (or all), and profile."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .common import write_result
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("suite", choices=["engine", "http", "scale", "long", "all"])
+    parser.add_argument("suite", choices=["engine", "http", "scale", "long", "profile", "all"])
     parser.add_argument("--instances", type=int, default=None, help="instances per run (suite default if omitted)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
@@ -28,6 +28,10 @@ def main() -> None:
             from . import scale_suite
 
             result = scale_suite.main(quick=args.quick)
+        elif suite == "profile":
+            from . import profile_suite
+
+            result = profile_suite.main(args.instances or (10 if args.quick else 30))
         else:
             from . import long_suite
 

@@ -86,7 +86,8 @@ class Timer:
 def write_result(suite: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     data = {"suite": suite, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]},
             **data}
     path = RESULTS / f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(data, indent=2))

@@ -25,6 +25,7 @@ from .storage.models import HistoryEvent, ProcessInstance
 from .variables import to_json_compatible
 
 GENESIS = "0" * 64
+_INSERT_EVENTS = insert(HistoryEvent.__table__)
 REPOSITORY_SCOPE = "repository"
 
 
@@ -87,7 +88,7 @@ class AuditWriter:
         self.scope = scope
         self.seq = seq
         self.prev_hash = prev_hash
-        self._rows: list[HistoryEvent] = []
+        self._rows: list[dict[str, Any]] = []
 
     @classmethod
     def new_chain(cls, scope: str) -> "AuditWriter":
@@ -109,24 +110,22 @@ class AuditWriter:
 
     def append(self, type_: str, *, actor: str | None, activity_id: str | None = None,
                task_id: str | None = None, data: dict[str, Any] | None = None,
-               at: datetime | None = None) -> HistoryEvent:
+               at: datetime | None = None) -> dict[str, Any]:
         at = at or utcnow()
         data_json = json.dumps(to_json_compatible(data or {}), sort_keys=True, separators=(",", ":"))
         self.seq += 1
         digest = event_hash(self.prev_hash, self.scope, self.seq, at, actor, type_, activity_id, task_id, data_json)
-        row = HistoryEvent(
-            scope=self.scope, seq=self.seq, at=at, actor=actor, type=type_, activity_id=activity_id,
-            task_id=task_id, data_json=data_json, prev_hash=self.prev_hash, hash=digest,
-        )
+        row = {"scope": self.scope, "seq": self.seq, "at": at, "actor": actor, "type": type_,
+               "activity_id": activity_id, "task_id": task_id, "data_json": data_json,
+               "prev_hash": self.prev_hash, "hash": digest}
         self._rows.append(row)
         self.prev_hash = digest
         return row
 
     def write(self, session: Session) -> None:
-        """Insert the pending events in one statement (executemany)."""
+        """Insert the pending events in one Core statement (executemany, no ORM unit of work)."""
         if self._rows:
-            cols = ("scope", "seq", "at", "actor", "type", "activity_id", "task_id", "data_json", "prev_hash", "hash")
-            session.execute(insert(HistoryEvent), [{c: getattr(r, c) for c in cols} for r in self._rows])
+            session.connection().execute(_INSERT_EVENTS, self._rows)
         self._rows = []
 
 

@@ -52,7 +52,12 @@ def dump(workflow: BpmnWorkflow) -> str:
         dct["subprocesses"] = conv.mapping_to_dict(workflow.subprocesses)
         dct["bpmn_events"] = s.registry.convert(workflow.bpmn_events)
         dct[s.VERSION_KEY] = s.VERSION
-        return json.dumps(dct, cls=s._encoder_cls, separators=(",", ":"))
+        try:
+            # the converted dict is plain JSON data as a rule: the C encoder without a Python
+            # ``default`` hook is about twice as fast on large trees (same output)
+            return json.dumps(dct, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return json.dumps(dct, cls=s._encoder_cls, separators=(",", ":"))
     finally:
         s.registry._encoder_mode = False
 

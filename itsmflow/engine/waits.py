@@ -134,12 +134,22 @@ def current_waits(workflow: BpmnWorkflow) -> list[Wait]:
     return waits
 
 
+def has_waits(workflow: BpmnWorkflow) -> bool:
+    """Whether the workflow may wait for a message, signal or timer (a cheap superset of
+    :func:`current_waits` being non-empty: no correlation is evaluated)."""
+    return any(t.state == TaskState.WAITING for t in workflow.event_manager.tasks.values())
+
+
 def sync_waits(session: Session, instance_id: str, business_key: str | None, workflow: BpmnWorkflow | None,
-               *, first_write: bool) -> bool:
+               *, first_write: bool) -> tuple[bool, bool]:
     """Make the instance's subscription and timer-job rows match what the workflow waits for.
 
-    Returns whether a new message subscription was added (a buffered message may be waiting for it)."""
+    ``first_write`` says the instance has no such rows yet (a new instance, or a state read that
+    waited for nothing): then nothing is read. Returns (whether a new message subscription was
+    added — a buffered message may be waiting for it —, whether the instance now waits at all)."""
     waits = current_waits(workflow) if workflow is not None else []
+    if not waits and first_write:
+        return False, False
     now = utcnow()
 
     wanted_subs = {(w.kind, w.name, w.spiff_task_id, canonical_correlation(w.correlation)[0]): w
@@ -186,4 +196,4 @@ def sync_waits(session: Session, instance_id: str, business_key: str | None, wor
             id=str(uuid.uuid4()), job_type="timer", instance_id=instance_id, spiff_task_id=w.spiff_task_id,
             activity_id=w.activity_id, due_at=w.due_at, payload_json="{}", created_at=now,
         ))
-    return new_message_wait
+    return new_message_wait, bool(waits)
