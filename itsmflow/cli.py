@@ -124,12 +124,63 @@ def pack_apply(
         raise typer.Exit(1)
     finally:
         engine.close()
+    if result.tailoring is not None:
+        out.print(f"tailoring {result.tailoring['file']} (organisation {result.organisation})", highlight=False)
     for d in result.definitions:
-        out.print(f"{d.key} version {d.version} ({d.id})")
+        state = "new version" if d.key in result.new_versions else "unchanged"
+        out.print(f"{d.key} version {d.version} ({d.id}) {state}", highlight=False)
     for w in result.warnings:
-        err.print(f"[yellow]warning:[/yellow] {w}")
+        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     if not result.created:
         out.print(f"unchanged: pack {result.name} {result.version} was already applied")
+
+
+@pack_app.command("diff")
+def pack_diff(
+    pack_dir: Path = typer.Argument(..., help="pack directory (holds pack.yaml)"),
+    org: Optional[Path] = typer.Option(None, "--org", help="organisation directory: show what its tailoring.yaml "
+                                       "changes (alone: against the pack as it is)"),
+    against: Optional[Path] = typer.Option(None, "--against", help="another version of the pack (directory): show "
+                                           "what changes from it to PACK_DIR (tailored for --org on both sides)"),
+) -> None:
+    """What a tailoring changes against its pack, or what changes between two pack versions (readable text)."""
+    from .engine.packdiff import describe, diff
+    from .engine.packs import load_pack
+    from .engine.repository import RepositoryService
+    from .engine.sandbox import check_expression
+    from .engine.tailoring import TAILORING_FILE
+
+    if org is None and against is None:
+        err.print("nothing to compare: give --org ORG_DIR (the tailoring against the pack) and/or --against "
+                  "OTHER_PACK_DIR (two pack versions)")
+        raise typer.Exit(2)
+    if org is not None and not (org / TAILORING_FILE).is_file() and against is None:
+        err.print(f"{org / TAILORING_FILE}: no tailoring: the organisation uses the pack as it is")
+    settings = Settings()
+    repository = RepositoryService(None, None, max_bytes=settings.max_bpmn_bytes,  # validation only: no database
+                                   script_validator=check_expression)
+
+    def load(directory: Path, org_dir: Optional[Path]):  # noqa: ANN202
+        return load_pack(directory, schema_path=settings.pack_schema, repository=repository, org_dir=org_dir)
+
+    try:
+        if against is None:
+            old, new = load(pack_dir, None), load(pack_dir, org)
+            old_label = f"pack {old.name} {old.version} ({pack_dir})"
+            new_label = f"tailored for {org} ({new.tailoring['file'] if new.tailoring else 'no tailoring.yaml'})"
+            tags = ("pack", "tailored")
+        else:
+            old, new = load(against, org), load(pack_dir, org)
+            suffix = f", tailored for {org}" if org is not None else ""
+            old_label = f"pack {old.name} {old.version} ({against}{suffix})"
+            new_label = f"pack {new.name} {new.version} ({pack_dir}{suffix})"
+            tags = (old.version, new.version) if old.version != new.version else ("against", "pack")
+    except DeploymentInvalid as exc:
+        for issue in exc.issues:
+            print(str(issue))
+        raise typer.Exit(1)
+    sys.stdout.write(diff(describe(old), describe(new), old_label=old_label, new_label=new_label,
+                          old_tag=tags[0], new_tag=tags[1]))
 
 
 @app.command()

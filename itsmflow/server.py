@@ -12,6 +12,7 @@ from .engine.core import Engine
 from .engine.directory import Directory
 from .engine.errors import InvalidRequest
 from .engine.packs import MANIFEST
+from .engine.tailoring import TAILORING_FILE
 from .settings import Settings
 
 log = logging.getLogger("itsmflow.server")
@@ -53,8 +54,20 @@ def check_exposure(settings: Settings, directory: Directory) -> None:
         )
 
 
+def organisation_dir(settings: Settings) -> Path:
+    """The organisation the default pack is applied for: the directory file's own organisation folder when
+    it has a tailoring (``--directory process_packs/iso20000/orgs/northwind/directory.yaml`` serves
+    Northwind's tailoring, docs/tailoring.md), else the pack's example organisation."""
+    if settings.directory:
+        folder = Path(settings.directory).resolve().parent
+        if (folder / TAILORING_FILE).is_file():
+            return folder
+    return Path(settings.packs_dir) / settings.default_pack_name / "orgs" / "example"
+
+
 def deploy_default_pack(engine: Engine, settings: Settings) -> None:
-    """Apply the default process pack (``packs_dir/<default_pack_name>``) with its example organisation.
+    """Apply the default process pack (``packs_dir/<default_pack_name>``) for the organisation of
+    :func:`organisation_dir` (its example organisation unless the directory file belongs to a tailored one).
 
     Idempotent: applying the same content again deploys nothing. A missing pack, or a pack without
     processes yet, is skipped with a log line; an invalid pack is an error (the server does not start).
@@ -63,7 +76,7 @@ def deploy_default_pack(engine: Engine, settings: Settings) -> None:
     if not (pack_dir / MANIFEST).is_file():
         log.info("default pack: no %s in %s; nothing deployed", MANIFEST, pack_dir)
         return
-    org_dir = pack_dir / "orgs" / "example"
+    org_dir = organisation_dir(settings)
     result = engine.packs.apply(pack_dir, org_dir if org_dir.is_dir() else None, actor="system")
     if not result.definitions:
         log.info("default pack %s %s has no processes yet; nothing deployed", result.name, result.version)

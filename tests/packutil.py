@@ -259,3 +259,31 @@ def walk(engine, pack, key: str, *, starter, max_steps: int = 60, rng: Any = Non
                 continue  # segregation of duties: the next candidate
         assert done, f"nobody could work on {key}.{t.task_definition_key} ({t.phase}): {workers}"
     return seen
+
+
+# -- an organisation whose tailoring sets other policy values (e.g. short periods in a scenario test) ----
+def organisation_with_policies(org_dir, dest, policies: dict[str, dict[str, Any]], *, pack: str = "iso20000"):
+    """A copy of the organisation folder ``org_dir`` (directory file, tailoring with its BPMN and forms) in
+    ``dest`` whose tailoring also sets ``policies`` (policy name → values, merged key by key into what the
+    organisation's tailoring already sets; docs/tailoring.md). The copy keeps the organisation's name. Returns
+    the new folder, to apply with ``engine.packs.apply(pack_dir, folder)`` as ``itsmflow pack apply`` does."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    def merged(base: Any, override: Any) -> Any:
+        if isinstance(base, dict) and isinstance(override, dict):
+            return {**base, **{k: merged(base.get(k), v) for k, v in override.items()}}
+        return override
+
+    org_dir, dest = Path(org_dir), Path(dest)
+    shutil.copytree(org_dir, dest)
+    if not (org_dir / "organisation.yaml").is_file():  # the name was the folder's
+        (dest / "organisation.yaml").write_text(yaml.safe_dump({"name": org_dir.name}), encoding="utf-8")
+    tailoring_file = dest / "tailoring.yaml"
+    tailoring = (yaml.safe_load(tailoring_file.read_text(encoding="utf-8")) if tailoring_file.is_file()
+                 else {"pack": pack, "description": f"Organisation {org_dir.name} with test policy values."})
+    tailoring["policies"] = merged(tailoring.get("policies") or {}, policies)
+    tailoring_file.write_text(yaml.safe_dump(tailoring, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return dest

@@ -213,3 +213,16 @@ def test_apply_warns_about_roles_nobody_holds(engine, pack):
     result = engine.packs.apply(pack, pack / "orgs" / "example")
     assert result.warnings == ["nobody in the directory holds role 'configuration-manager' "
                                "(needed by mini_change.classify)"]
+
+
+def test_manifest_expects_and_service_tasks_are_checked(engine, pack):
+    manifest = pack / "pack.yaml"
+    edit(manifest, "raci: raci.yaml", "raci: raci.yaml\nservice_tasks: []\nexpects:\n  - message: change_done\n"
+                                      "    from: [mini_change]\n    to: reporting (another pack)")
+    issues = refused(engine, pack)
+    assert [(i.file, i.line, i.message) for i in issues] == [
+        ("pack.yaml", line_of(manifest, "from: [mini_change]"), "process 'mini_change' throws no message 'change_done'")]
+    edit(manifest, "service_tasks: []", "service_tasks: [{type: http, description: calls a CMDB}]")
+    issues = refused(engine, pack)
+    assert [(i.file, i.line) for i in issues] == [("pack.yaml", line_of(manifest, "service_tasks:"))]
+    assert "service_tasks: [{'type': 'http', 'description': 'calls a CMDB'}] is expected to be empty" in issues[0].message

@@ -25,6 +25,7 @@ from .routers import (
     messages,
     notifications,
     packs,
+    schedule,
     system,
     tasks,
 )
@@ -55,7 +56,8 @@ def create_app(engine: Engine) -> FastAPI:
     )
     app.state.engine = engine
     problems.install(app)
-    for module in (system, deployments, definitions, instances, tasks, incidents, messages, notifications, packs):
+    for module in (system, deployments, definitions, instances, tasks, incidents, messages, notifications, packs,
+                   schedule):
         app.include_router(module.router, prefix=API_PREFIX)
     max_body = max(32 * 1024 * 1024, 4 * engine.settings.max_bpmn_bytes, 4 * engine.settings.max_variables_bytes)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=max_body)

@@ -275,6 +275,11 @@ class PackOut(ApiModel):
     applied_at: UtcDatetime
     applied_by: str | None = None
     definitions: list[PackDefinitionOut]
+    tailoring: dict[str, Any] | None = Field(
+        default=None, description="What the organisation's tailoring (ORG_DIR/tailoring.yaml, docs/tailoring.md) "
+        "changes against the pack: file, sha256, basedOn, roles (pack role -> organisation role), extraRoles, "
+        "policies, processesRenamed, tasksRenamed, processesDisabled, processesReplaced, raci, sod, formsAdded, "
+        "formsReplaced; null when the pack was applied without a tailoring")
 
 
 # -- messages, signals, incidents -------------------------------------------------------------

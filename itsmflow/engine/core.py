@@ -36,6 +36,7 @@ from .packs import PackService
 from .policies import PolicyInjector
 from .raci import RaciAssignment, signoff_role
 from .rules import RulesStore
+from .schedule import ScheduleService
 from .sod import SodChecker
 
 
@@ -48,11 +49,14 @@ class Engine:
         migrate(self.db)
         self.sessions = session_factory(self.db)
         self.specs = SpecCache(self.sessions)
-        from .sandbox import SandboxedScriptEngine, SandboxLimits, check_expression
+        from .sandbox import SandboxedScriptEngine, SandboxEnvironment, SandboxLimits, check_expression
 
-        self.script_engine = script_engine or SandboxedScriptEngine(
-            limits=SandboxLimits(cpu_seconds=self.settings.sandbox_cpu_seconds)
-        )
+        self.rules = RulesStore(self.sessions)
+        self.schedules = ScheduleService(self.sessions, self.rules)
+        limits = SandboxLimits(cpu_seconds=self.settings.sandbox_cpu_seconds)
+        # engine functions offered to every script and expression (data in, data out)
+        self.script_engine = script_engine or SandboxedScriptEngine(environment=SandboxEnvironment(
+            limits, environment_globals={"schedule_entries": self.schedules.script_function()}))
         self.executor = Executor(self.sessions, self.specs, self.script_engine, RetryPolicy(
             self.settings.default_retries, timedelta(seconds=self.settings.default_retry_interval_seconds)))
         self.repository = RepositoryService(
@@ -84,7 +88,6 @@ class Engine:
         """RACI, segregation of duties, consultation, sign-off, forms, policies and notifications: all
         driven by the rules a pack deployed with each definition version (no-ops without a pack)."""
         s = self.settings
-        self.rules = RulesStore(self.sessions)
         self.executor.assignment = RaciAssignment(self.rules)
         policies = PolicyInjector(self.rules)
         self.executor.start_variables.append(policies.start_variables)

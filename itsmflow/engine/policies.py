@@ -34,17 +34,9 @@ def load_policy(name: str, file: Path, file_display: str, schema_file: Path | No
         return None, [src.issue([], f"policy {name!r}: expected a mapping of values")]
     if schema_file is None:
         return src.data, []
-    try:
-        schema = json.loads(schema_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        return None, [SourceIssue(schema_display or str(schema_file), exc.lineno, exc.colno, f"not valid JSON: {exc.msg}")]
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [SourceIssue(schema_display or str(schema_file), None, None, f"cannot read: {exc}")]
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        return None, [SourceIssue(schema_display or str(schema_file), None, None,
-                                  f"not a valid JSON Schema (draft 2020-12): {exc.message}")]
+    schema, problems = read_policy_schema(schema_file, schema_display)
+    if problems:
+        return None, problems
     issues = schema_issues(src, schema)
     if issues:
         return None, [SourceIssue(i.file, i.line, i.column, f"policy {name!r}: {i.message}") for i in issues]
@@ -54,6 +46,60 @@ def load_policy(name: str, file: Path, file_display: str, schema_file: Path | No
     except (TypeError, ValueError) as exc:
         return None, [src.issue([], f"policy {name!r}: values must be JSON-compatible ({exc})")]
     return src.data, []
+
+
+def read_policy_schema(schema_file: Path, schema_display: str | None) -> tuple[Any, list[SourceIssue]]:
+    """A policy's JSON Schema (draft 2020-12), checked."""
+    where = schema_display or str(schema_file)
+    try:
+        schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return None, [SourceIssue(where, exc.lineno, exc.colno, f"not valid JSON: {exc.msg}")]
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [SourceIssue(where, None, None, f"cannot read: {exc}")]
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return None, [SourceIssue(where, None, None, f"not a valid JSON Schema (draft 2020-12): {exc.message}")]
+    return schema, []
+
+
+def merge_values(base: Any, override: Any) -> Any:
+    """An organisation's policy values over the pack's: mappings merge key by key (recursively), every
+    other value (lists included) replaces the pack's."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = merge_values(base[k], v) if k in base else v
+        return out
+    return override
+
+
+class _At:
+    """``src`` seen from ``at``: schema problems of a value found at ``at`` in ``src`` are located there."""
+
+    def __init__(self, src: YamlSource, at: list[Any], prefix: str) -> None:
+        self._src, self._at, self._prefix = src, list(at), prefix
+        self.data = None
+
+    def issue(self, path: Any, message: str, *, key: bool = False) -> SourceIssue:
+        found = self._src.issue(self._at + list(path), f"{self._prefix}{message}", key=key)
+        return found
+
+
+def check_tailored_policy(name: str, merged: Any, schema: Any, src: YamlSource, at: list[Any],
+                          schema_display: str | None) -> list[SourceIssue]:
+    """The tailored values of policy ``name`` (pack values merged with the organisation's, which are at
+    ``at`` in ``src``) against the policy's schema; every problem located in the organisation's file (at
+    the offending value when the organisation wrote it, else at the policy's entry)."""
+    suffix = f" (schema {schema_display})" if schema_display else ""
+    issues = schema_issues(_At(src, at, f"policy {name!r}: "), schema, data=merged) if schema is not None else []
+    issues = [SourceIssue(i.file, i.line, i.column, i.message + suffix) for i in issues]
+    try:
+        json.dumps(merged)
+    except (TypeError, ValueError) as exc:
+        issues.append(src.issue(at, f"policy {name!r}: values must be JSON-compatible ({exc})"))
+    return issues
 
 
 class PolicyInjector:

@@ -89,10 +89,12 @@ def _as_list(value: Any) -> list[str]:
 
 
 def parse_raci(src: YamlSource, roles: set[str], models: dict[str, dict[str, Any]],
-               bpmn_files: dict[str, str]) -> tuple[dict[str, dict[str, RaciEntry]], list[SourceIssue]]:
+               bpmn_files: dict[str, str], *, ignore: set[str] | frozenset[str] = frozenset(),
+               ) -> tuple[dict[str, dict[str, RaciEntry]], list[SourceIssue]]:
     """Validate ``raci.yaml`` against the pack's roles and processes; entries by process key and task id.
 
-    ``models``: process key → ``ProcessModel.as_dict()``; ``bpmn_files``: process key → file (for messages).
+    ``models``: process key → ``ProcessModel.as_dict()``; ``bpmn_files``: process key → file (for messages);
+    ``ignore``: processes an organisation's tailoring disabled (their entries are skipped, not checked).
     """
     if not src.ok:
         return {}, list(src.issues)
@@ -103,6 +105,8 @@ def parse_raci(src: YamlSource, roles: set[str], models: dict[str, dict[str, Any
         return {}, issues
     out: dict[str, dict[str, RaciEntry]] = {}
     for key, proc in (src.data.get("processes") or {}).items():
+        if key in ignore:
+            continue
         if key not in models:
             issues.append(src.issue(["processes", key], f"unknown process {key!r}: the pack defines "
                                     f"{', '.join(sorted(models)) or 'no processes'}", key=True))
@@ -139,6 +143,54 @@ def parse_raci(src: YamlSource, roles: set[str], models: dict[str, dict[str, Any
     return out, issues
 
 
+RACI_FIELDS = ("responsible", "accountable", "consulted", "informed", "consultation", "signoff")
+
+
+def override_raci(src: YamlSource, path: list[Any], raw: dict[str, Any], base: RaciEntry | None,
+                  roles: set[str], task_id: str) -> tuple[RaciEntry | None, list[SourceIssue]]:
+    """An organisation's RACI override of one task (tailoring ``raci.<process>.<task>``, already checked
+    against :data:`RACI_TASK_SCHEMA`): the fields it gives replace the pack's, the others stay.
+    ``roles``: every role name the override may use; problems are located at ``path`` in ``src``."""
+    issues: list[SourceIssue] = []
+    for field in ("responsible", "consulted", "informed", "accountable"):
+        values = _as_list(raw.get(field))
+        for i, role in enumerate(values):
+            if role not in roles:
+                where = path + [field] + ([i] if isinstance(raw.get(field), list) else [])
+                issues.append(src.issue(where, f"unknown role {role!r} in {field} of task {task_id!r} (not a role "
+                                               "of the pack, nor an organisation role of the tailoring)"))
+    merged = base.as_dict() if base is not None else RaciEntry().as_dict()
+    for field in RACI_FIELDS:
+        if field in raw:
+            value = raw[field]
+            merged[field] = _as_list(value) if field in ("responsible", "consulted", "informed") else value
+    if merged.get("signoff") and not merged.get("accountable"):
+        issues.append(src.issue(path + ["signoff"], f"task {task_id!r}: signoff needs an accountable role"))
+    if issues:
+        return None, issues
+    return RaciEntry(
+        responsible=tuple(dict.fromkeys(merged["responsible"])), accountable=merged["accountable"],
+        consulted=tuple(dict.fromkeys(merged["consulted"])), informed=tuple(dict.fromkeys(merged["informed"])),
+        consultation=merged["consultation"] or CONSULTATION_REQUIRED, signoff=bool(merged["signoff"]),
+    ), []
+
+
+def map_roles(entry: RaciEntry, role_map: dict[str, str]) -> RaciEntry:
+    """The entry in the organisation's role names (pack role id → organisation role; others unchanged)."""
+    if not role_map:
+        return entry
+
+    def m(roles: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(role_map.get(r, r) for r in roles))
+
+    return RaciEntry(
+        responsible=m(entry.responsible),
+        accountable=role_map.get(entry.accountable, entry.accountable) if entry.accountable else None,
+        consulted=m(entry.consulted), informed=m(entry.informed),
+        consultation=entry.consultation, signoff=entry.signoff,
+    )
+
+
 class RaciAssignment:
     """The executor's assignment strategy for pack processes: RACI Responsible roles become the task's
     candidate roles; without them (or without pack rules) the BPMN decides (:class:`BpmnAssignment`).
@@ -153,7 +205,11 @@ class RaciAssignment:
         rules = self._rules.get(ex.definition.id, ex.session)
         entry = rules.entry(task.task_spec.bpmn_id) if rules else None
         if entry is not None and entry.responsible:
-            base.candidate_roles = list(entry.responsible)
+            base.candidate_roles = list(entry.responsible)  # already in the organisation's role names
+        elif rules is not None and rules.role_map:
+            # roles the BPMN names (lane, camunda:candidateGroups, also ${variables} holding pack role
+            # ids, e.g. from a policy) are pack role ids: offer the task to the organisation's role
+            base.candidate_roles = list(dict.fromkeys(rules.map_role(r) for r in base.candidate_roles))
         return base
 
 

@@ -96,6 +96,10 @@ class Rules:
     forms: dict[str, dict[str, Any]] = field(default_factory=dict)  # formKey -> {"schema", "uiSchema"}
     start_form: str | None = None
     policies: dict[str, Any] = field(default_factory=dict)
+    # organisation tailoring: pack role id -> the organisation's role name. The RACI above is already
+    # written in the organisation's names; this maps the roles the BPMN names at run time (lanes,
+    # camunda:candidateGroups, also from variables). Empty without tailoring.
+    role_map: dict[str, str] = field(default_factory=dict)
     _validators: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def entry(self, task_key: str) -> RaciEntry | None:
@@ -118,7 +122,7 @@ class Rules:
         return form
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "pack": {"name": self.pack_name, "version": self.pack_version},
             "roles": list(self.roles),
             "raci": {k: v.as_dict() for k, v in sorted(self.raci.items())},
@@ -127,6 +131,13 @@ class Rules:
             "start_form": self.start_form,
             "policies": self.policies,
         }
+        if self.role_map:  # only when tailored: untailored rules keep their identity (content_hash)
+            out["role_map"] = dict(sorted(self.role_map.items()))
+        return out
+
+    def map_role(self, role: str) -> str:
+        """The organisation's name for a pack role id (the id itself when not mapped)."""
+        return self.role_map.get(role, role)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Rules":
@@ -140,6 +151,7 @@ class Rules:
             forms=dict(raw.get("forms") or {}),
             start_form=raw.get("start_form"),
             policies=dict(raw.get("policies") or {}),
+            role_map=dict(raw.get("role_map") or {}),
         )
 
     def to_json(self) -> str:

@@ -22,6 +22,7 @@ from .clock import as_utc, iso
 from .errors import Conflict, FieldIssue, Forbidden, InvalidRequest, NotFound, ValidationFailed
 from .textcheck import check_text, valid_id
 from .execution import Execution, Executor, from_storable, to_storable
+from .multiinstance import collect_instance_result
 from .identity import Principal
 from .runtime import IncidentView, InstanceView, RuntimeService
 from .storage.models import HumanTask, ProcessInstance, TaskCandidate
@@ -484,6 +485,7 @@ class TaskService:
                 completed_by: str, actor: str, signed_off_by: str | None = None) -> None:
         before = {k: spiff_task.data.get(k) for k in values}
         spiff_task.data.update(values)
+        collect_instance_result(ex.definition, spiff_task, values, completed_by)
         spiff_task.run()
         ex.completed_task_ids.add(task.id)
         ex.completed_by = completed_by

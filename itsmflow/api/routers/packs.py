@@ -14,7 +14,8 @@ router = APIRouter(prefix="/packs", tags=["packs"])
 
 @router.get("", response_model=list[PackOut], summary="Applied process packs",
             description="The current application of every pack (the latest per pack name and organisation) with "
-                        "the definition versions it deployed.",
+                        "the definition versions it deployed and the organisation's tailoring applied "
+                        "(`tailoring`, docs/tailoring.md).",
             responses=problems(401))
 def list_packs(engine: EngineDep, _: PrincipalDep, response: Response) -> list[PackOut]:
     items = engine.packs.list()

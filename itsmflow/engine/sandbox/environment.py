@@ -240,10 +240,12 @@ def evaluate_expression(expr: str, variables: Mapping[str, Any] | None = None,
 
 
 def run_script(script: str, variables: Mapping[str, Any] | None = None,
-               limits: SandboxLimits | None = None) -> dict:
-    """Run a script against a copy of ``variables`` and return the resulting variables."""
+               limits: SandboxLimits | None = None, functions: Mapping[str, Any] | None = None) -> dict:
+    """Run a script against a copy of ``variables`` and return the resulting variables. ``functions`` are
+    extra trusted functions offered to the script (as the engine offers ``schedule_entries``)."""
     data = dict(variables or {})
-    _environment(limits).execute(script, data)
+    env = SandboxEnvironment(limits, environment_globals=functions) if functions else _environment(limits)
+    env.execute(script, data)
     return data
 
 
