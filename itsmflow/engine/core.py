@@ -88,7 +88,7 @@ class Engine:
         """RACI, segregation of duties, consultation, sign-off, forms, policies and notifications: all
         driven by the rules a pack deployed with each definition version (no-ops without a pack)."""
         s = self.settings
-        self.executor.assignment = RaciAssignment(self.rules)
+        self.executor.assignment = RaciAssignment(self.rules, directory=self.directory)
         policies = PolicyInjector(self.rules)
         self.executor.start_variables.append(policies.start_variables)
         self.notifications = NotificationService(

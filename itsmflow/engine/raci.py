@@ -194,11 +194,16 @@ def map_roles(entry: RaciEntry, role_map: dict[str, str]) -> RaciEntry:
 class RaciAssignment:
     """The executor's assignment strategy for pack processes: RACI Responsible roles become the task's
     candidate roles; without them (or without pack rules) the BPMN decides (:class:`BpmnAssignment`).
-    ``camunda:candidateUsers`` and ``camunda:assignee`` are honoured in both cases."""
+    ``camunda:candidateUsers`` and ``camunda:assignee`` are honoured in both cases.
 
-    def __init__(self, rules: RulesStore, fallback: Any = None) -> None:
+    With a directory, an assignee or candidate user that is not a user of the directory (a ``${variable}``
+    holding a mistyped id, say) is dropped, and recorded in the audit trail as ``assignment_ignored``: the
+    task stays with its candidate roles instead of going to a user nobody can act as."""
+
+    def __init__(self, rules: RulesStore, fallback: Any = None, directory: Any = None) -> None:
         self._rules = rules
         self._fallback = fallback or BpmnAssignment()
+        self._directory = directory
 
     def assign(self, ex: Execution, task: Task, meta: dict[str, Any]) -> Assignment:
         base = self._fallback.assign(ex, task, meta)
@@ -210,7 +215,21 @@ class RaciAssignment:
             # roles the BPMN names (lane, camunda:candidateGroups, also ${variables} holding pack role
             # ids, e.g. from a policy) are pack role ids: offer the task to the organisation's role
             base.candidate_roles = list(dict.fromkeys(rules.map_role(r) for r in base.candidate_roles))
+        self._known_users_only(ex, task, base)
         return base
+
+    def _known_users_only(self, ex: Execution, task: Task, base: Assignment) -> None:
+        users = getattr(self._directory, "users", None)
+        if not users:
+            return  # no directory: identities are the caller's business
+        unknown = [u for u in [base.assignee, *base.candidate_users] if u is not None and u not in users]
+        if not unknown:
+            return
+        base.assignee = base.assignee if base.assignee in users else None
+        base.candidate_users = [u for u in base.candidate_users if u in users]
+        ex.audit.append("assignment_ignored", actor=None, activity_id=task.task_spec.bpmn_id,
+                        data={"unknownUsers": unknown, "reason": "not a user of the directory; the task stays with "
+                              "its candidate roles"})
 
 
 def signoff_role(rules: RulesStore):  # noqa: ANN201
