@@ -121,13 +121,7 @@ def parse_raci(src: YamlSource, roles: set[str], models: dict[str, dict[str, Any
                                         f"{', '.join(sorted(tasks)) or 'none'})", key=True))
                 continue
             raw = raw or {}
-            for field in ("responsible", "consulted", "informed", "accountable"):
-                values = _as_list(raw.get(field))
-                for i, role in enumerate(values):
-                    if role not in roles:
-                        where = path + [field] + ([i] if isinstance(raw.get(field), list) else [])
-                        issues.append(src.issue(where, f"unknown role {role!r} in {field} of task {task_id!r} "
-                                                "(not in the roles of pack.yaml)"))
+            issues += _unknown_roles(src, path, raw, roles, task_id, "not in the roles of pack.yaml")
             if raw.get("signoff") and not raw.get("accountable"):
                 issues.append(src.issue(path + ["signoff"], f"task {task_id!r}: signoff needs an accountable role"))
             consulted = _as_list(raw.get("consulted"))
@@ -146,19 +140,25 @@ def parse_raci(src: YamlSource, roles: set[str], models: dict[str, dict[str, Any
 RACI_FIELDS = ("responsible", "accountable", "consulted", "informed", "consultation", "signoff")
 
 
+def _unknown_roles(src: YamlSource, path: list[Any], raw: dict[str, Any], roles: set[str], task_id: str,
+                   why: str) -> list[SourceIssue]:
+    """A RACI entry's roles that are not in ``roles``, each located at its own item in ``src``."""
+    issues = []
+    for field in ("responsible", "consulted", "informed", "accountable"):
+        for i, role in enumerate(_as_list(raw.get(field))):
+            if role not in roles:
+                where = path + [field] + ([i] if isinstance(raw.get(field), list) else [])
+                issues.append(src.issue(where, f"unknown role {role!r} in {field} of task {task_id!r} ({why})"))
+    return issues
+
+
 def override_raci(src: YamlSource, path: list[Any], raw: dict[str, Any], base: RaciEntry | None,
                   roles: set[str], task_id: str) -> tuple[RaciEntry | None, list[SourceIssue]]:
     """An organisation's RACI override of one task (tailoring ``raci.<process>.<task>``, already checked
     against :data:`RACI_TASK_SCHEMA`): the fields it gives replace the pack's, the others stay.
     ``roles``: every role name the override may use; problems are located at ``path`` in ``src``."""
-    issues: list[SourceIssue] = []
-    for field in ("responsible", "consulted", "informed", "accountable"):
-        values = _as_list(raw.get(field))
-        for i, role in enumerate(values):
-            if role not in roles:
-                where = path + [field] + ([i] if isinstance(raw.get(field), list) else [])
-                issues.append(src.issue(where, f"unknown role {role!r} in {field} of task {task_id!r} (not a role "
-                                               "of the pack, nor an organisation role of the tailoring)"))
+    issues = _unknown_roles(src, path, raw, roles, task_id,
+                            "not a role of the pack, nor an organisation role of the tailoring")
     merged = base.as_dict() if base is not None else RaciEntry().as_dict()
     for field in RACI_FIELDS:
         if field in raw:
