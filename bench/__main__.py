@@ -12,6 +12,8 @@ def main() -> None:
     parser.add_argument("suite", choices=["engine", "http", "scale", "long", "profile", "all"])
     parser.add_argument("--instances", type=int, default=None, help="instances per run (suite default if omitted)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", choices=["latency", "burst", "steady"], default=None,
+                        help="scale: one part only (inbox/complete latency, timer burst, steady timers)")
     args = parser.parse_args()
     suites = ["engine", "http", "scale", "long"] if args.suite == "all" else [args.suite]
     for suite in suites:
@@ -27,7 +29,7 @@ def main() -> None:
         elif suite == "scale":
             from . import scale_suite
 
-            result = scale_suite.main(quick=args.quick)
+            result = scale_suite.main(quick=args.quick, only=args.only)
         elif suite == "profile":
             from . import profile_suite
 

@@ -103,10 +103,51 @@ def timer_lag(engine: Engine, pending: int) -> dict[str, Any]:
             "fired_per_s": round(len(fired) / seconds, 1), "lag": percentiles(lags)}
 
 
-def main(quick: bool = False) -> dict[str, Any]:
+def timer_lag_steady(engine: Engine, pending: int, stream: int, seconds: float) -> dict[str, Any]:
+    """Timer lag as a serve process sees it: ``pending`` timers wait (due in an hour) while ``stream`` of
+    them fall due one after another over ``seconds``; the job executor runs on its scheduler (poll interval
+    of the settings), and each fired timer's lag is its ``firedAt`` minus its ``due``."""
+    from datetime import datetime, timedelta
+
+    from itsmflow.engine.storage.models import HistoryEvent
+
+    engine.repository.deploy("timer", [("timer.bpmn", processes.timer_wait())])
+    template = engine.runtime.start("bench_timer").id
+    seed_copies(engine, template, pending - 1, spread=False)
+    start = utcnow() + timedelta(seconds=1)
+    with engine.db.begin() as conn:
+        conn.execute(update(Job).where(Job.job_type == "timer").values(due_at=start + timedelta(hours=1)))
+        ids = [r[0] for r in conn.execute(select(Job.id).where(Job.job_type == "timer").limit(stream))]
+        for i, jid in enumerate(ids):  # evenly spread due times
+            conn.execute(update(Job).where(Job.id == jid).values(due_at=start + timedelta(seconds=seconds * i / stream)))
+    analyze(engine)
+    engine.jobs.start(poll_seconds=engine.settings.job_poll_seconds)
+    try:
+        time.sleep(1 + seconds + 3)
+    finally:
+        engine.jobs.stop()
+    with engine.sessions() as s:
+        events = [json.loads(d) for d in s.scalars(
+            select(HistoryEvent.data_json).where(HistoryEvent.type == "timer_fired"))]
+    lags = [(datetime.fromisoformat(e["firedAt"]) - datetime.fromisoformat(e["due"])).total_seconds() for e in events]
+    return {"pending": pending, "due_in_window": len(ids), "window_s": seconds, "fired": len(events),
+            "poll_s": engine.settings.job_poll_seconds, "lag": percentiles(lags)}
+
+
+def main(quick: bool = False, only: str | None = None) -> dict[str, Any]:
     sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
     kinds = ["sqlite"] + (["postgresql"] if pg_available() else [])
     out: dict[str, Any] = {"inbox_complete": [], "timers": []}
+    if only in (None, "latency"):
+        latency(out, kinds, sizes)
+    if only in (None, "burst"):
+        timers_burst(out, kinds, quick)
+    if only in (None, "steady"):
+        timers_steady(out, kinds, quick)
+    return out
+
+
+def latency(out: dict[str, Any], kinds: list[str], sizes: list[int]) -> None:
     rows = []
     for kind in kinds:
         with database(kind) as url:
@@ -125,6 +166,9 @@ def main(quick: bool = False) -> dict[str, Any]:
             engine.close()
     print(table(rows, ["db", "open instances", "inbox p50 ms", "inbox p95 ms", "complete p50 ms",
                        "complete p99 ms"]))
+
+
+def timers_burst(out: dict[str, Any], kinds: list[str], quick: bool) -> None:
     trows = []
     for kind in kinds:
         with database(kind) as url:
@@ -136,4 +180,18 @@ def main(quick: bool = False) -> dict[str, Any]:
                       t["lag"].get("p99_ms")])
     print(table(trows, ["db", "pending timers", "fired", "fired/s", "lag p50 ms", "lag p99 ms"]))
     print("note: timer lag here is the time to drain a backlog with ONE in-process executor (all due at once)")
-    return out
+
+
+def timers_steady(out: dict[str, Any], kinds: list[str], quick: bool) -> None:
+    out["timers_steady"] = []
+    srows = []
+    for kind in kinds:
+        with database(kind) as url:
+            engine = Engine(settings(url), DIRECTORY)
+            t = timer_lag_steady(engine, 1_000 if quick else 10_000, 200 if quick else 1_000, 10.0 if quick else 20.0)
+            engine.close()
+        out["timers_steady"].append({"db": kind, **t})
+        srows.append([kind, t["pending"], t["due_in_window"], t["window_s"], t["fired"], t["lag"].get("p50_ms"),
+                      t["lag"].get("p99_ms")])
+    print(table(srows, ["db", "pending timers", "due in window", "window s", "fired", "lag p50 ms", "lag p99 ms"]))
+    print("note: the job executor on its scheduler (poll interval of the settings) while the others stay pending")
