@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from itsmflow.api.app import create_app
 from itsmflow.engine.bpmn import parse_deployment
-from itsmflow.engine.bpmn.juel import JuelError, translate
+from itsmflow.engine.bpmn.juel import JuelError, is_juel, translate
 from itsmflow.engine.errors import DeploymentInvalid
 from itsmflow.engine.sandbox.environment import check_expression, evaluate_expression
 from itsmflow.engine.errors import SandboxViolation
@@ -87,6 +87,7 @@ def test_unknown_variable_fails_even_when_it_shadows_a_builtin():
     ("${a @ b}", "unexpected character"),
     ("${}", "empty expression"),
     ("${isinstance}", "builtin of the expression sandbox"),
+    ("${x > 1e999}", "out of range"),  # not the name ``inf``
 ])
 def test_juel_outside_the_subset_is_refused(juel, message):
     with pytest.raises(JuelError) as info:
@@ -340,3 +341,42 @@ def test_failing_output_mapping_refuses_the_completion_and_changes_nothing(clien
     assert "reviewedBy" in resp.json()["detail"]
     assert list(_open(client, iid)) == ["Task_Review"]  # still open, nothing changed
     assert "approved" not in _instance(client, iid)["variables"]
+
+
+def test_an_explicit_python_expression_is_not_juel():
+    assert is_juel("${approved}") and is_juel("approved", "juel")
+    assert not is_juel("x == '${a}'", "python")
+
+
+SHADOW = b"""<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
+  xmlns:camunda="http://camunda.org/schema/1.0/bpmn" id="d" targetNamespace="http://example.org/io">
+  <bpmn:process id="io_shadow" isExecutable="true">
+    <bpmn:startEvent id="start"/>
+    <bpmn:sequenceFlow id="f1" sourceRef="start" targetRef="check"/>
+    <bpmn:userTask id="check" name="Check" camunda:candidateGroups="worker">
+      <bpmn:extensionElements>
+        <camunda:inputOutput>
+          <camunda:inputParameter name="amount">${amount * 2}</camunda:inputParameter>
+          <camunda:outputParameter name="doubled">${amount}</camunda:outputParameter>
+        </camunda:inputOutput>
+      </bpmn:extensionElements>
+    </bpmn:userTask>
+    <bpmn:sequenceFlow id="f2" sourceRef="check" targetRef="next"/>
+    <bpmn:userTask id="next" name="Next" camunda:candidateGroups="worker"/>
+    <bpmn:sequenceFlow id="f3" sourceRef="next" targetRef="done"/>
+    <bpmn:endEvent id="done"/>
+  </bpmn:process>
+</bpmn:definitions>
+"""
+
+
+def test_an_input_parameter_shadows_a_process_variable_only_inside_its_activity(engine):
+    """As in Camunda: the input parameter is local to the activity; the process variable it shadows is kept."""
+    engine.repository.deploy("io", [("io_shadow.bpmn", SHADOW)])
+    wes = engine.directory.get("wes").principal()
+    inst = engine.runtime.start("io_shadow", variables={"amount": 5}, principal=engine.directory.get("rita").principal())
+    [task] = engine.tasks.query(process_instance_id=inst.id)[0]
+    result = engine.tasks.complete(task.id, wes, {})
+    assert result.process_instance.variables["doubled"] == 10
+    assert result.process_instance.variables["amount"] == 5

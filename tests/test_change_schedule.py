@@ -128,6 +128,11 @@ def test_schedule_refuses_a_bad_range_and_unknown_schedules(iso):
                          ({"from": "2030-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z"}, "to")):
         body = problem(api.c.get("/api/schedule/changes", headers=H("bob"), params=params), 422)
         assert [e["path"] for e in body["errors"]] == [path], body
+    # dates at the edge of the calendar are answered, never a 500
+    assert ok(api.c.get("/api/schedule/changes", headers=H("bob"), params={"from": "9999-12-31"}))["changes"] == []
+    body = problem(api.c.get("/api/schedule/changes", headers=H("bob"),
+                             params={"from": "0001-01-01T00:00:00+01:00", "to": "2030-01-01"}), 422)
+    assert [e["path"] for e in body["errors"]] == ["from"], body
     body = problem(api.c.get("/api/schedule/releases", headers=H("bob")), 404)
     assert "changes" in body["detail"]  # names the schedules that exist
     problem(api.c.get("/api/schedule/changes"), 401)

@@ -66,10 +66,9 @@ def parse_instant(value: Any) -> datetime | None:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return as_utc(datetime.fromisoformat(text))
+    except (ValueError, OverflowError):  # not a date, or out of datetime's range once in UTC
         return None
-    return as_utc(parsed)
 
 
 def _scope(value: Any) -> list[str]:

@@ -46,7 +46,10 @@ def get_schedule(
     end: Any = to
     if end is None:
         parsed = parse_instant(start)
-        end = (parsed + timedelta(days=DEFAULT_DAYS)) if parsed is not None else start
+        try:
+            end = (parsed + timedelta(days=DEFAULT_DAYS)) if parsed is not None else start
+        except OverflowError:  # the range would end after the year 9999
+            end = datetime.max.replace(tzinfo=timezone.utc)
     view = engine.schedules.view(name, start, end)
     return {
         "name": view.name,

@@ -245,9 +245,12 @@ class CamundaIoMixin:
         result = super()._update_hook(my_task)
         if self.io_inputs and not my_task._get_internal_data("io_inputs_done"):
             engine = my_task.workflow.script_engine
-            for name, expr in self.io_inputs:
-                my_task.data[name] = engine.evaluate(my_task, expr)
-            my_task._set_internal_data(io_inputs_done=True)
+            values = [(name, engine.evaluate(my_task, expr)) for name, expr in self.io_inputs]
+            # the process variables an input parameter shadows come back when the activity completes
+            shadowed = {name: my_task.data[name] for name, _ in values if name in my_task.data}
+            for name, value in values:
+                my_task.data[name] = value
+            my_task._set_internal_data(io_inputs_done=True, io_shadowed=shadowed)
         return result
 
     def _on_complete_hook(self, my_task):
@@ -264,8 +267,13 @@ class CamundaIoMixin:
                     [FieldIssue("$", f"output mapping failed: {detail}")],
                 ) from None
             outputs = {name for name, _ in self.io_outputs}
+            shadowed = my_task._get_internal_data("io_shadowed") or {}
             for name, _ in self.io_inputs:
-                if name not in outputs:
+                if name in outputs:
+                    continue
+                if name in shadowed:
+                    my_task.data[name] = shadowed[name]
+                else:
                     my_task.data.pop(name, None)
             for name, value in values:
                 my_task.data[name] = value

@@ -41,6 +41,8 @@ An unknown variable fails in both (Camunda: ``PropertyNotFoundException``, here 
 
 from __future__ import annotations
 
+import math
+
 import keyword
 import re
 from dataclasses import dataclass
@@ -76,6 +78,8 @@ def is_juel(text: str | None, language: str | None = None) -> bool:
     """True for text Camunda would evaluate as JUEL: ``${…}`` / ``#{…}``, or an explicit JUEL language."""
     if language and language.strip().lower() in JUEL_LANGUAGES:
         return True
+    if language and "python" in language.strip().lower():
+        return False  # an explicit Python expression: ``${`` is then text inside it
     if text is None:
         return False
     return "${" in text or "#{" in text
@@ -136,6 +140,8 @@ def tokenize(src: str, offset: int = 0) -> list[Token]:
             value: object = float(text) if any(ch in text for ch in ".eE") else int(text)
             if isinstance(value, int) and len(text) > 19:
                 raise JuelError("integer literal out of range", offset + start)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise JuelError("number literal out of range", offset + start)
             tokens.append(Token("number", value, offset + start, text))
             i = m.end()
             continue
